@@ -1,0 +1,1 @@
+//! Log analysis: windows, segmentation, bands, triage, reports

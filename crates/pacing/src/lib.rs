@@ -1,0 +1,1 @@
+//! Retry policy, pacing controller per (egress IP x provider), provider rollup (pure)

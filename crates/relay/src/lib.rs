@@ -1,0 +1,1 @@
+//! The relay: ingress, durable spool, scheduler, egress SMTP client, DSN

@@ -1,0 +1,1 @@
+//! Receiver simulator: a pure receiver model and the SMTP server around it
