@@ -6,3 +6,5 @@ mod writer;
 
 pub use schema::{Event, EventType, Outcome};
 pub use writer::EventWriter;
+
+pub mod readers;
