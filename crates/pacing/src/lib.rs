@@ -1,1 +1,3 @@
-//! Retry policy, pacing controller per (egress IP x provider), provider rollup (pure)
+//! Retry policy, pacing controller per (egress IP × provider), provider rollup (pure).
+
+pub mod retry;
