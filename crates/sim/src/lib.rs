@@ -24,10 +24,12 @@
 //! ```
 
 mod budget;
+pub mod ledger;
 mod model;
 pub mod profile;
 mod reply;
 mod script;
+pub mod server;
 mod template;
 
 pub use model::{DataOutcome, Receiver, SessionId, SimTime};

@@ -200,6 +200,14 @@ impl Receiver {
         self.render_ok(now, session, |r| &r.ehlo, "")
     }
 
+    /// STARTTLS succeeded: the client must greet again (RFC 3207 §4.2).
+    pub fn starttls(&mut self, _now: SimTime, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.phase = Phase::Greeted;
+            s.rcpts.clear();
+        }
+    }
+
     /// MAIL FROM:<reverse_path>.
     pub fn mail_from(&mut self, now: SimTime, session: SessionId, reverse_path: &str) -> Reply {
         let Some(s) = self.sessions.get(&session) else {
