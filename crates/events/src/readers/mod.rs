@@ -158,6 +158,8 @@ pub enum LineStatus {
 pub struct ReaderConfig {
     /// Year for syslog timestamps that carry none (the shell passes the file's year).
     pub year: Option<i32>,
+    /// Month (1–12) in which the log ends, e.g. from the file's modification time.
+    pub end_month: Option<u8>,
     /// Sending IP by syslog name, service or transport (e.g. `postfix-out1` → 192.0.2.1).
     pub source_map: HashMap<String, IpAddr>,
 }

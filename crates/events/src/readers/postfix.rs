@@ -293,11 +293,16 @@ pub struct Correlator {
 }
 
 impl Correlator {
-    /// A correlator that gives year-less stamps `year`.
-    pub fn new(year: i32) -> Self {
+    /// A correlator for a log in `config.year` (ending in `config.end_month`, if known).
+    pub fn new(config: &ReaderConfig) -> Self {
+        let year = config.year.unwrap_or(1970);
+        let years = match config.end_month.and_then(|m| time::Month::try_from(m).ok()) {
+            Some(month) => YearTracker::ending(year, month),
+            None => YearTracker::new(year),
+        };
         Correlator {
             open: HashMap::new(),
-            years: YearTracker::new(year),
+            years,
         }
     }
 
@@ -412,10 +417,9 @@ pub struct PostfixReader {
 impl PostfixReader {
     /// A reader with these settings.
     pub fn new(config: ReaderConfig) -> Self {
-        let year = config.year.unwrap_or(1970);
         PostfixReader {
+            correlator: Correlator::new(&config),
             config,
-            correlator: Correlator::new(year),
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum Stamp {
 pub struct YearTracker {
     year: i32,
     last_month: Option<Month>,
+    /// Month in which the log ends (e.g. the file's modification time): a first line in a
+    /// later month must belong to the year before.
+    end_month: Option<Month>,
 }
 
 impl YearTracker {
@@ -27,6 +30,15 @@ impl YearTracker {
         YearTracker {
             year,
             last_month: None,
+            end_month: None,
+        }
+    }
+
+    /// Start at `year`, for a log known to end in `end_month` of that year.
+    pub fn ending(year: i32, end_month: Month) -> Self {
+        YearTracker {
+            end_month: Some(end_month),
+            ..YearTracker::new(year)
         }
     }
 
@@ -35,6 +47,12 @@ impl YearTracker {
         match stamp {
             Stamp::Full(t) => Some(t),
             Stamp::Yearless { month, day, secs } => {
+                if self.last_month.is_none()
+                    && let Some(end) = self.end_month
+                    && month as u8 > end as u8
+                {
+                    self.year -= 1;
+                }
                 if let Some(last) = self.last_month {
                     // A jump back of more than six months is a new year; smaller steps
                     // back are out-of-order lines, not a rollover.
@@ -195,6 +213,15 @@ mod tests {
         assert_eq!(years.resolve(dec), Some(datetime!(2025-12-31 23:59:59 UTC)));
         let (jan, _) = classic("Jan  1 00:00:05 mx1 x").unwrap();
         assert_eq!(years.resolve(jan), Some(datetime!(2026-01-01 00:00:05 UTC)));
+    }
+
+    #[test]
+    fn a_log_ending_in_january_starts_in_the_year_before() {
+        let mut years = YearTracker::ending(2027, Month::January);
+        let (dec, _) = classic("Dec 30 10:00:00 h x").unwrap();
+        let (jan, _) = classic("Jan  2 10:00:00 h x").unwrap();
+        assert_eq!(years.resolve(dec), Some(datetime!(2026-12-30 10:00:00 UTC)));
+        assert_eq!(years.resolve(jan), Some(datetime!(2027-01-02 10:00:00 UTC)));
     }
 
     #[test]
