@@ -186,14 +186,14 @@ impl Engine {
     /// Classify an already parsed reply.
     pub fn classify(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
         let seen = self.phrases_in(&reply.text);
-        let provider = self.provider(reply, mx, &seen);
+        let facts = extract(&reply.text);
+        let provider = self.provider(reply, mx, facts.host.as_deref(), &seen);
         let bucket = bucket_of(reply.enhanced);
         let candidates = &self.index[usize::from(reply.code - 200) * BUCKETS + bucket];
         let winner = candidates
             .iter()
             .map(|&ri| &self.rules[ri as usize])
             .find(|r| self.rule_matches(r, reply, provider, &seen));
-        let facts = extract(&reply.text);
         let default_action = match reply.code {
             200..=399 => Action::Deliver,
             400..=499 => Action::Retry,
@@ -244,13 +244,20 @@ impl Engine {
         seen
     }
 
-    fn provider(&self, reply: &Reply, mx: Option<&str>, seen: &[u64]) -> Option<u16> {
+    /// The provider: from `--mx`, else the wrapper's remote host, else the host the
+    /// reply names in its trailer, else text markers.
+    fn provider(
+        &self,
+        reply: &Reply,
+        mx: Option<&str>,
+        named_host: Option<&str>,
+        seen: &[u64],
+    ) -> Option<u16> {
         let by_host = |h: &str| provider::host_match(&self.providers, h).map(|i| i as u16);
-        if let Some(p) = mx.and_then(by_host) {
-            return Some(p);
-        }
-        if let Some(p) = reply.remote_host.as_deref().and_then(by_host) {
-            return Some(p);
+        for host in [mx, reply.remote_host.as_deref(), named_host] {
+            if let Some(p) = host.and_then(by_host) {
+                return Some(p);
+            }
         }
         // The first provider (file order) with a marker present.
         let mut best: Option<u16> = None;

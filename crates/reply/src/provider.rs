@@ -51,13 +51,15 @@ pub(crate) fn host_match(defs: &[ProviderDef], host: &str) -> Option<usize> {
     if host.is_empty() || host.len() > 253 {
         return None;
     }
+    let h = host.as_bytes();
     defs.iter().position(|d| {
         d.mx.iter().any(|pat| match pat.strip_prefix("*.") {
+            // Bytes, not str slices: the host may be arbitrary (non-ASCII) text.
             Some(suffix) => {
-                host.len() >= suffix.len()
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && (host.len() == suffix.len()
-                        || host.as_bytes()[host.len() - suffix.len() - 1] == b'.')
+                let s = suffix.as_bytes();
+                h.len() >= s.len()
+                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                    && (h.len() == s.len() || h[h.len() - s.len() - 1] == b'.')
             }
             None => host.eq_ignore_ascii_case(pat),
         })
@@ -99,6 +101,8 @@ mod tests {
         assert_eq!(provider_for_host("google.com.evil.example"), None);
         assert_eq!(provider_for_host("mx.example.org"), None);
         assert_eq!(provider_for_host(""), None);
+        assert_eq!(provider_for_host("ü.google.com"), Some("google"));
+        assert_eq!(provider_for_host("éé"), None);
     }
 
     #[test]
