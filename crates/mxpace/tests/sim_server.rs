@@ -509,3 +509,48 @@ print(json.dumps({"in_file": in_file, "dropped": dropped}))
     let t = first["time"].as_str().unwrap();
     assert!(t.ends_with('Z') && t.len() >= 20, "{t}");
 }
+
+#[test]
+fn tenant_pressure_and_an_incident_on_one_host_are_set_from_the_command_line() {
+    let sim = Sim::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.4:0",
+        "--tenant-pressure",
+        "busy.test",
+        "--incident",
+        "1",
+        "--incident-host",
+        "127.0.0.4",
+        "--host-name",
+        "127.0.0.4=tenant-b.mail.protection.outlook.com",
+    ]);
+    let r = py(
+        r#"
+def at(host, port, src):
+    s = smtplib.SMTP(host, int(port), source_address=(src, 0), timeout=20)
+    s.ehlo("c.test"); s.mail("a@s.test")
+    return s
+calm = at("127.0.0.1", sys.argv[1], "127.0.0.2")
+out = {"busy": rcpt(calm, "x@busy.test"), "calm": rcpt(calm, "x@calm.test")[0]}
+hit = at("127.0.0.4", sys.argv[2], "127.0.0.3")
+out["incident"] = rcpt(hit, "x@calm.test")
+print(json.dumps(out))
+"#,
+        &[&sim.port(0), &sim.port(1)],
+    );
+    assert_eq!(
+        r["busy"],
+        serde_json::json!([450, "4.7.3 Organization queue quota exceeded."])
+    );
+    assert_eq!(r["calm"], 250);
+    assert_eq!(r["incident"][0], 451);
+    let text = r["incident"][1].as_str().unwrap();
+    assert!(
+        text.starts_with(
+            "4.7.500 Server busy. Please try again later from [127.0.0.3]. (S77714) [tenant-b.mail.protection.outlook.com "
+        ),
+        "{text}"
+    );
+}

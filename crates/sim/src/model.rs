@@ -515,7 +515,12 @@ impl Receiver {
             return false;
         }
         let host = self.profile.host_for(listen);
-        let on_chosen = inc.hosts.is_empty() || inc.hosts.iter().any(|h| h == listen || h == host);
+        let address = crate::profile::listen_address(listen);
+        let on_chosen = inc.hosts.is_empty()
+            || inc
+                .hosts
+                .iter()
+                .any(|h| h == listen || h == host || h == address);
         let share = if on_chosen {
             inc.share
         } else {

@@ -174,7 +174,8 @@ impl Default for TenantPressure {
 pub struct Incident {
     /// Share of sessions deferred on the chosen hosts (0..=1); 0 disables.
     pub share: f64,
-    /// Listen labels or host names where the incident is concentrated; empty = all.
+    /// Listen labels (`ADDR:PORT`), listen addresses or host names where the incident
+    /// is concentrated; empty = all.
     pub hosts: Vec<String>,
     /// Share of sessions deferred on the other hosts.
     pub elsewhere_share: f64,
@@ -219,7 +220,8 @@ pub struct Profile {
     pub name: String,
     /// Default receiving host name (banner, trailers).
     pub host_name: String,
-    /// Host name per listen label (e.g. `"127.0.0.5:2525" = "tenant-b.mail.protection.outlook.com"`).
+    /// Host name per listen label or listen address (e.g.
+    /// `"127.0.0.5:2525" = "tenant-b.mail.protection.outlook.com"` or `"127.0.0.5" = …`).
     #[serde(default)]
     pub host_names: BTreeMap<String, String>,
     /// Honour recipient local-part directives (`tempfail+3@`, `550@`, …).
@@ -361,13 +363,24 @@ impl Profile {
         Ok(())
     }
 
-    /// The host name that answers on a listen label.
+    /// The host name that answers on a listen label (`ADDR:PORT`); a `host_names` key
+    /// may be the whole label or just its address.
     pub fn host_for<'a>(&'a self, listen: &str) -> &'a str {
+        if self.host_names.is_empty() {
+            return &self.host_name;
+        }
         self.host_names
             .get(listen)
+            .or_else(|| self.host_names.get(listen_address(listen)))
             .map(String::as_str)
             .unwrap_or(&self.host_name)
     }
+}
+
+/// The address part of a listen label: `127.0.0.4:2525` → `127.0.0.4`, `[::1]:25` → `::1`.
+pub(crate) fn listen_address(listen: &str) -> &str {
+    let addr = listen.rsplit_once(':').map_or(listen, |(a, _)| a);
+    addr.trim_start_matches('[').trim_end_matches(']')
 }
 
 #[cfg(test)]

@@ -474,7 +474,10 @@ async fn starttls(io: &mut Io, shared: &Shared) -> io::Result<()> {
     let Conn::Plain(tcp) = old.into_inner() else {
         return Err(io::Error::other("STARTTLS on a TLS stream"));
     };
-    let tls = shared.tls.accept(tcp).await?;
+    // A client that never starts the handshake must not hold the connection forever.
+    let tls = tokio::time::timeout(shared.config.idle_timeout, shared.tls.accept(tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
     io.reader = BufReader::with_capacity(16 * 1024, Conn::Tls(Box::new(tls)));
     io.tls = true;
     Ok(())
