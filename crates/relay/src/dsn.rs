@@ -154,22 +154,43 @@ fn one_line(text: &str) -> String {
     s
 }
 
-/// The RFC 3463 status for a DSN: the reply's enhanced code when it has one of
-/// the right class, else the class with `.0.0`.
-pub fn status_for(enhanced: Option<&str>, code: Option<u16>, kind: FailureKind) -> String {
+/// The RFC 3463 status for a DSN: the enhanced code (from the verdict, else
+/// read from the reply's first line) when it is of class 5, else the basic
+/// code's class with `.0.0`. Expiry is always 4.4.7.
+pub fn status_for(
+    enhanced: Option<&str>,
+    code: Option<u16>,
+    reply: &str,
+    kind: FailureKind,
+) -> String {
     if kind == FailureKind::Expired {
         // RFC 3463 §3.5: 4.4.7 "Delivery time expired".
         return "4.4.7".into();
     }
-    if let Some(e) = enhanced
+    let found = enhanced.map(str::to_owned).or_else(|| enhanced_in(reply));
+    if let Some(e) = found
         && e.starts_with('5')
     {
-        return e.to_owned();
+        return e;
     }
-    match code {
+    match code.or_else(|| reply.get(..3).and_then(|c| c.parse().ok())) {
         Some(c) if c >= 500 => format!("{}.0.0", c / 100),
         _ => "5.0.0".into(),
     }
+}
+
+/// The enhanced status code written after the basic code on a reply's first
+/// line (`550 5.1.1 …` → `5.1.1`), exactly as written.
+pub fn enhanced_in(reply: &str) -> Option<String> {
+    let first = reply.lines().next()?;
+    let token = first.get(4..)?.split_whitespace().next()?;
+    let mut parts = token.split('.');
+    let (c, s, d) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    (parts.next().is_none() && matches!(c, "2" | "4" | "5") && digits(s, 3) && digits(d, 3))
+        .then(|| token.to_owned())
 }
 
 #[cfg(test)]
@@ -206,7 +227,12 @@ mod tests {
         let failed = [FailedRecipient {
             address: "u@x.test".into(),
             orcpt: Some("rfc822;U@x.test".into()),
-            status: status_for(Some("5.1.1"), Some(550), FailureKind::Bounced),
+            status: status_for(
+                None,
+                Some(550),
+                "550 5.1.1 no such user",
+                FailureKind::Bounced,
+            ),
             kind: FailureKind::Bounced,
             diagnostic: Some("550 5.1.1 no such user".into()),
             remote_mta: Some("mx.x.test".into()),

@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// File in the spool directory holding the running relay's HTTP admin address.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
 /// A started relay.
 pub struct RelayHandle {
     /// SMTP addresses actually bound (port 0 in the config is resolved here).
@@ -110,8 +113,17 @@ pub async fn start(config: Config, gate: Arc<dyn PacingGate>) -> anyhow::Result<
         )));
     }
     let mut http_addr = None;
+    let _ = std::fs::remove_file(shared.config.relay.spool.join(ADMIN_ADDR_FILE));
     if let Some(l) = http_listener {
-        http_addr = Some(l.local_addr()?);
+        let addr = l.local_addr()?;
+        http_addr = Some(addr);
+        // `mxpace queue` finds the running relay's admin API here (the config
+        // may say port 0).
+        std::fs::write(
+            shared.config.relay.spool.join(ADMIN_ADDR_FILE),
+            addr.to_string(),
+        )
+        .context("writing the admin address into the spool")?;
         tasks.push(tokio::spawn(http::serve(shared.clone(), l)));
     }
     tasks.push(tokio::spawn(scheduler::run(

@@ -321,6 +321,7 @@ pub async fn finish_attempt(
                 status: dsn::status_for(
                     verdict.as_ref().and_then(|v| v.enhanced.as_deref()),
                     verdict.as_ref().and_then(|v| v.code),
+                    &reply,
                     kind,
                 ),
                 kind,

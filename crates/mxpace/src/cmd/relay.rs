@@ -132,7 +132,11 @@ pub fn queue(args: QueueArgs) -> anyhow::Result<ExitCode> {
     match Spool::open(&config.relay.spool) {
         Ok(spool) => rt.block_on(queue_offline(config, spool, args)),
         Err(SpoolError::Locked(_)) => {
-            let Some(addr) = config.relay.http else {
+            let published =
+                std::fs::read_to_string(config.relay.spool.join(mxpace_relay::ADMIN_ADDR_FILE))
+                    .ok()
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+            let Some(addr) = published.or(config.relay.http) else {
                 bail!(
                     "the relay is running (spool locked) and has no [relay] http admin address; \
                      set one to use queue commands while it runs"
