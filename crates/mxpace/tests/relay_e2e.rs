@@ -204,7 +204,11 @@ struct ScriptedMx {
 
 impl ScriptedMx {
     fn start() -> ScriptedMx {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ScriptedMx::start_on("127.0.0.1:0")
+    }
+
+    fn start_on(addr: &str) -> ScriptedMx {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(MxLog::default()));
         let l2 = log.clone();
@@ -1146,4 +1150,94 @@ fn http_injection_with_an_idempotency_key_sends_once() {
         relay.events_for("h@example.test", "attempt")[0]["stream"],
         "bulk"
     );
+}
+
+/// A real DNS server (NSD) on loopback serving `zone_text` for `origin`.
+fn start_nsd(dir: &Path, zones: &[(&str, &str)]) -> (Guard, SocketAddr) {
+    let nsd = need("nsd");
+    let port = dead_addr().port();
+    let mut conf = format!(
+        "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  chroot: \"\"\n  \
+         zonesdir: \"{d}\"\n  database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n  \
+         xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  verbosity: 1\n\
+         remote-control:\n  control-enable: no\n",
+        d = dir.display()
+    );
+    for (origin, text) in zones {
+        std::fs::write(dir.join(format!("{origin}.zone")), text).unwrap();
+        conf.push_str(&format!(
+            "zone:\n  name: \"{origin}\"\n  zonefile: \"{origin}.zone\"\n"
+        ));
+    }
+    std::fs::write(dir.join("nsd.conf"), conf).unwrap();
+    let guard = Guard(
+        Command::new(nsd)
+            .arg("-d")
+            .arg("-c")
+            .arg(dir.join("nsd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Ready when it answers over TCP.
+    wait_until("nsd to listen", Duration::from_secs(10), || {
+        TcpStream::connect(addr).is_ok()
+    });
+    (guard, addr)
+}
+
+#[test]
+fn mx_records_from_a_real_dns_server_are_tried_in_preference_order() {
+    need("swaks");
+    let dir = tempfile::tempdir().unwrap();
+    // The good MX listens on 127.0.0.4; the preferred one (127.0.0.3, same port) is down.
+    let mx = ScriptedMx::start_on("127.0.0.4:0");
+    let port = mx.addr.port();
+    let zone = "$ORIGIN mx.test.\n$TTL 60\n@ IN SOA ns.mx.test. admin.mx.test. 1 3600 600 86400 60\n\
+                @ IN NS ns.mx.test.\nns IN A 127.0.0.1\n@ IN MX 10 mx1.mx.test.\n@ IN MX 20 mx2.mx.test.\n\
+                mx1 IN A 127.0.0.3\nmx2 IN A 127.0.0.4\n";
+    let null_zone = "$ORIGIN null.test.\n$TTL 60\n@ IN SOA ns.null.test. admin.null.test. 1 3600 600 86400 60\n\
+                     @ IN NS ns.null.test.\nns IN A 127.0.0.1\n@ IN MX 0 .\n";
+    let (_nsd, dns) = start_nsd(dir.path(), &[("mx.test", zone), ("null.test", null_zone)]);
+    let config = base_config(&[("origin.test", vec![mx.addr])], FAST_RETRY)
+        + &format!("\n[dns]\nservers = [\"{dns}\"]\nmx_port = {port}\n");
+    let relay = Relay::start(dir.path(), &config);
+    swaks(relay.smtp, "app@origin.test", "u@mx.test", &[], true);
+    swaks(relay.smtp, "app@origin.test", "u@null.test", &[], true);
+    swaks(
+        relay.smtp,
+        "app@origin.test",
+        "u@nonexistent.mx.test",
+        &[],
+        true,
+    );
+    wait_until(
+        "delivery via the second MX",
+        Duration::from_secs(20),
+        || mx.accepted_for("u@mx.test").len() == 1,
+    );
+    let e = &relay.events_for("u@mx.test", "attempt")[0];
+    assert_eq!(e["outcome"], "delivered");
+    assert_eq!(e["mx_host"], "mx2.mx.test");
+    assert_eq!(e["peer_ip"], "127.0.0.4");
+    wait_until(
+        "the null MX and NXDOMAIN bounces",
+        Duration::from_secs(20),
+        || {
+            !relay.events_for("u@null.test", "attempt").is_empty()
+                && !relay
+                    .events_for("u@nonexistent.mx.test", "attempt")
+                    .is_empty()
+        },
+    );
+    let null = &relay.events_for("u@null.test", "attempt")[0];
+    assert_eq!(null["outcome"], "bounced");
+    assert!(
+        null["reply"].as_str().unwrap().starts_with("556 5.1.10"),
+        "{null}"
+    );
+    let nx = &relay.events_for("u@nonexistent.mx.test", "attempt")[0];
+    assert_eq!(nx["outcome"], "bounced", "{nx}");
 }
