@@ -95,6 +95,13 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// [`Scenario::baseline`] starting at a Unix time.
+    pub fn baseline_unix(start: i64) -> Scenario {
+        Scenario::baseline(
+            OffsetDateTime::from_unix_timestamp(start).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        )
+    }
+
     /// A clean baseline: 4 IPs, 10 Microsoft tenants and Gmail, 5 messages/s for 2 hours.
     pub fn baseline(start: OffsetDateTime) -> Scenario {
         let regions = ["namprd04", "namprd11", "eurprd03"];

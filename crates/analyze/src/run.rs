@@ -92,6 +92,10 @@ pub fn read_all(
     if options.follow && paths.len() != 1 {
         bail!("--follow needs exactly one input");
     }
+    // Readers live across files: rotated logs continue each other, and a message queued
+    // in one file is often delivered in the next.
+    let mut correlator: Option<Correlator> = None;
+    let mut line_readers: Vec<(Format, Box<dyn readers::LineReader>)> = Vec::new();
     for path in paths {
         let (source, size): (Box<dyn Read + Send>, Option<u64>) = if path.as_os_str() == "-" {
             (Box::new(std::io::stdin()), None)
@@ -129,23 +133,26 @@ pub fn read_all(
         outcome.formats.push(format);
         let bar = progress_bar(options.progress, size, path);
         let stats = if format == Format::Postfix && options.parallel && !options.follow {
+            let correlator = correlator.get_or_insert_with(|| Correlator::new(&config));
+            let chunk = options.chunk_bytes.max(4096);
             read_postfix_parallel(
                 &mut input,
                 &config,
-                options.chunk_bytes.max(4096),
+                correlator,
+                chunk,
                 analyzer,
                 bar.as_ref(),
             )?
         } else {
-            read_sequential(
-                &mut input,
-                format,
-                &config,
-                options,
-                analyzer,
-                bar.as_ref(),
-                on_idle,
-            )?
+            let i = match line_readers.iter().position(|(f, _)| *f == format) {
+                Some(i) => i,
+                None => {
+                    line_readers.push((format, readers::reader_for(format, &config)));
+                    line_readers.len() - 1
+                }
+            };
+            let reader = line_readers[i].1.as_mut();
+            read_sequential(&mut input, reader, options, analyzer, bar.as_ref(), on_idle)?
         };
         if let Some(bar) = bar {
             bar.finish_and_clear();
@@ -180,14 +187,12 @@ fn progress_bar(enabled: bool, size: Option<u64>, path: &Path) -> Option<indicat
 
 fn read_sequential(
     input: &mut Box<dyn BufRead + Send>,
-    format: Format,
-    config: &ReaderConfig,
+    reader: &mut dyn readers::LineReader,
     options: &Options,
     analyzer: &mut Analyzer,
     bar: Option<&indicatif::ProgressBar>,
     on_idle: &mut dyn FnMut(&Analyzer, &ReadStats),
 ) -> Result<ReadStats> {
-    let mut reader = readers::reader_for(format, config);
     let mut stats = ReadStats::default();
     let mut line = Vec::with_capacity(4096);
     let mut events: Vec<Event> = Vec::new();
@@ -304,11 +309,11 @@ fn next_chunk(input: &mut dyn BufRead, carry: &mut Vec<u8>, size: usize) -> Resu
 fn read_postfix_parallel(
     input: &mut Box<dyn BufRead + Send>,
     config: &ReaderConfig,
+    correlator: &mut Correlator,
     chunk_bytes: usize,
     analyzer: &mut Analyzer,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<ReadStats> {
-    let mut correlator = Correlator::new(config);
     let mut stats = ReadStats::default();
     let mut carry = Vec::new();
     let mut pending: Option<Vec<LineResult>> = None;
@@ -324,7 +329,7 @@ fn read_postfix_parallel(
             || parse_chunk(&chunk, config),
             || {
                 if let Some(lines) = pending.take() {
-                    fold(lines, &mut correlator, analyzer, &mut stats, &mut events);
+                    fold(lines, correlator, analyzer, &mut stats, &mut events);
                 }
             },
         );
