@@ -943,7 +943,10 @@ pub async fn check_authorized(
 /// The verdict for one IP's SPF result.
 pub fn authorized_verdict(domain: &str, ip: IpAddr, result: SpfResult) -> CheckResult {
     let id = format!("spf.authorized.{ip}");
-    let evidence = vec![format!("SPF check_host({ip}, {domain}) = {result}")];
+    let word = result.to_string().to_ascii_lowercase();
+    let evidence = vec![format!(
+        "SPF check_host({ip}, {domain}) = {word} (evaluated by mail-auth)"
+    )];
     let (status, summary, fix) = match result {
         SpfResult::Pass => (
             Status::Pass,
@@ -960,9 +963,9 @@ pub fn authorized_verdict(domain: &str, ip: IpAddr, result: SpfResult) -> CheckR
             format!("SPF for {domain} is a permerror: no IP can pass"),
             "Fix the SPF record (see spf.record, spf.lookups, spf.void).".to_string(),
         ),
-        other => (
+        _ => (
             Status::Fail,
-            format!("{ip} is not authorised by SPF for {domain} (result {other})"),
+            format!("{ip} is not authorised by SPF for {domain} (result {word})"),
             format!(
                 "Add ip{}:{ip} (or the include of the service sending from it) to the SPF record of {domain}.",
                 if ip.is_ipv4() { 4 } else { 6 }

@@ -28,4 +28,3 @@ pub fn bench(_args: BenchArgs) -> anyhow::Result<ExitCode> {
 pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("not built yet")
 }
-
