@@ -10,3 +10,4 @@ pub struct Args {}
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     anyhow::bail!("not built yet")
 }
+

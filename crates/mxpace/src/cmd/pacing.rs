@@ -28,3 +28,4 @@ pub fn bench(_args: BenchArgs) -> anyhow::Result<ExitCode> {
 pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("not built yet")
 }
+
