@@ -136,6 +136,11 @@ impl Dns {
         &self.auth
     }
 
+    /// Forgets every cached answer (for re-checks that must see changes, e.g. `--watch`).
+    pub fn clear_cache(&self) {
+        self.auth.resolver().clear_cache();
+    }
+
     /// The per-lookup timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -1,6 +1,7 @@
-//! A real authoritative DNS server (Debian's nsd) on loopback, serving the zone files in
-//! `crates/identity/tests/zones/`, on a free port with its own config, pid and state files
-//! in a temp dir. Stopped (SIGTERM, then SIGKILL) when dropped, even on panic.
+//! A real authoritative DNS server (Debian's nsd) on loopback, serving a copy of the zone
+//! files in `crates/identity/tests/zones/`, on a free port with its own config, pid, state
+//! and zone files in a temp dir (so a test may change a zone and reload). Stopped (SIGTERM,
+//! then SIGKILL) when dropped, even on panic.
 //! Shared by the identity crate's tests and the `mxpace` binary's `check_*` tests.
 
 #![allow(dead_code)]
@@ -72,6 +73,15 @@ impl Nsd {
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
+            let zone_copy = dir.path().join("zones");
+            std::fs::create_dir(&zone_copy).expect("zone dir");
+            for z in ZONES {
+                std::fs::copy(
+                    zones.join(format!("{z}.zone")),
+                    zone_copy.join(format!("{z}.zone")),
+                )
+                .expect("copy zone file");
+            }
             let d = dir.path().display();
             let mut conf = format!(
                 "server:\n  ip-address: 127.0.0.1@{port}\n  username: \"\"\n  chroot: \"\"\n  \
@@ -80,7 +90,7 @@ impl Nsd {
                  xfrdir: \"{d}\"\n  logfile: \"{d}/nsd.log\"\n  server-count: 1\n  \
                  verbosity: 1\n  reuseport: no\n  tcp-count: 64\n\
                  remote-control:\n  control-enable: no\n",
-                zones.display()
+                zone_copy.display()
             );
             for z in ZONES {
                 conf.push_str(&format!(
@@ -115,6 +125,28 @@ impl Nsd {
             drop(server);
         }
         panic!("nsd did not start on loopback; its log:\n{last_err}");
+    }
+}
+
+impl Nsd {
+    /// The text of a served zone file.
+    pub fn zone_text(&self, zone: &str) -> String {
+        std::fs::read_to_string(self.zone_path(zone)).expect("zone file")
+    }
+
+    /// Replaces a served zone file and makes nsd reload it (SIGHUP).
+    pub fn set_zone(&self, zone: &str, text: &str) {
+        std::fs::write(self.zone_path(zone), text).expect("write zone");
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(ok.success(), "cannot signal nsd");
+    }
+
+    fn zone_path(&self, zone: &str) -> PathBuf {
+        self.dir.path().join("zones").join(format!("{zone}.zone"))
     }
 }
 

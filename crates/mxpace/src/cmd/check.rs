@@ -179,6 +179,7 @@ async fn watch(
     while count.is_none_or(|c| round < c) {
         tokio::time::sleep(interval).await;
         round += 1;
+        dns.clear_cache();
         let current =
             dnsbl::check_all(dns, &req.blocklists, &req.ips, &normalize(&req.domain)).await;
         let at = mxpace_identity::report::utc_now();
