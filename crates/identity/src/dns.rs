@@ -136,6 +136,11 @@ impl Dns {
         &self.auth
     }
 
+    /// Forgets every cached answer (for re-checks that must see changes, e.g. `--watch`).
+    pub fn clear_cache(&self) {
+        self.auth.resolver().clear_cache();
+    }
+
     /// The per-lookup timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -156,8 +161,38 @@ impl Dns {
         }
     }
 
-    /// TXT records at `name`.
+    /// TXT records at `name`. When there are none, a CNAME loop at the name is named.
     pub async fn txt(&self, name: &str) -> Answer<TxtSet> {
+        let answer = self.txt_records(name).await;
+        if answer == Answer::NoData
+            && let Some(chain) = self.cname_loop(name).await
+        {
+            return Answer::Failed(format!("CNAME loop: {chain}"));
+        }
+        answer
+    }
+
+    /// Follows CNAMEs from `name` (at most 8 hops) and returns the chain if it loops.
+    async fn cname_loop(&self, name: &str) -> Option<String> {
+        let mut seen = vec![normalize_name(name)];
+        for _ in 0..8 {
+            let Answer::Found(lookup) = self.lookup(seen.last()?, RecordType::CNAME).await else {
+                return None;
+            };
+            let next = lookup.answers().iter().find_map(|r| match &r.data {
+                RData::CNAME(c) => Some(normalize_name(&c.0.to_ascii())),
+                _ => None,
+            })?;
+            let looped = seen.contains(&next);
+            seen.push(next);
+            if looped {
+                return Some(seen.join(" -> "));
+            }
+        }
+        None
+    }
+
+    async fn txt_records(&self, name: &str) -> Answer<TxtSet> {
         let answer = self.lookup(name, RecordType::TXT).await;
         let qname_len = wire_name_len(name);
         found_or_nodata(answer, |lookup| {
@@ -267,12 +302,36 @@ fn found_or_nodata<T>(answer: Answer<Lookup>, f: impl FnOnce(&Lookup) -> Option<
     match answer {
         Answer::Found(lookup) => match f(&lookup) {
             Some(t) => Answer::Found(t),
-            None => Answer::NoData,
+            None => cname_dead_end(&lookup).map_or(Answer::NoData, Answer::Failed),
         },
         Answer::NxDomain => Answer::NxDomain,
         Answer::NoData => Answer::NoData,
         Answer::Failed(e) => Answer::Failed(e),
     }
+}
+
+/// An answer made only of CNAMEs is a chain that never reaches a record: a loop or a chain
+/// longer than the server follows. Name it, so the evidence says why nothing was found.
+fn cname_dead_end(lookup: &Lookup) -> Option<String> {
+    let chain: Vec<String> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::CNAME(c) => Some(format!(
+                "{} -> {}",
+                normalize_name(&r.name.to_ascii()),
+                normalize_name(&c.0.to_ascii())
+            )),
+            _ => None,
+        })
+        .collect();
+    if chain.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "CNAME chain reaches no record (loop?): {}",
+        chain.join(", ")
+    ))
 }
 
 fn classify_error<T>(err: &NetError) -> Answer<T> {

@@ -144,3 +144,12 @@ pub async fn run_checks(dns: &Dns, req: &CheckRequest) -> Report {
     checks.extend(lists.into_iter().map(|l| l.result));
     Report { domain, checks }
 }
+
+/// The current UTC time as RFC 3339 (seconds), for evidence and watch lines.
+pub fn utc_now() -> String {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}

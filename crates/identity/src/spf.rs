@@ -843,6 +843,13 @@ pub fn lookups_check(tree: &Node) -> CheckResult {
 
 /// `spf.void`: void lookups in the whole tree ≤ 2.
 pub fn void_check(tree: &Node) -> CheckResult {
+    if tree.record.is_none() {
+        return CheckResult::new(
+            "spf.void",
+            Status::Warn,
+            "not evaluated: no usable SPF record (see spf.record)",
+        );
+    }
     let voids = tree.all_voids();
     let mut evidence = vec![format!(
         "void lookups: {} (limit {MAX_VOID_LOOKUPS})",
@@ -873,7 +880,11 @@ pub fn void_check(tree: &Node) -> CheckResult {
 /// `spf.size`: each string within 255 bytes, the answer within 512 bytes.
 pub fn size_check(tree: &Node) -> CheckResult {
     if tree.record.is_none() {
-        return CheckResult::new("spf.size", Status::Fail, "no SPF record to measure");
+        return CheckResult::new(
+            "spf.size",
+            Status::Warn,
+            "not evaluated: no usable SPF record (see spf.record)",
+        );
     }
     let mut evidence = vec![format!(
         "TXT answer for {}: {} bytes (limit {MAX_ANSWER_BYTES})",
@@ -943,7 +954,10 @@ pub async fn check_authorized(
 /// The verdict for one IP's SPF result.
 pub fn authorized_verdict(domain: &str, ip: IpAddr, result: SpfResult) -> CheckResult {
     let id = format!("spf.authorized.{ip}");
-    let evidence = vec![format!("SPF check_host({ip}, {domain}) = {result}")];
+    let word = result.to_string().to_ascii_lowercase();
+    let evidence = vec![format!(
+        "SPF check_host({ip}, {domain}) = {word} (evaluated by mail-auth)"
+    )];
     let (status, summary, fix) = match result {
         SpfResult::Pass => (
             Status::Pass,
@@ -960,9 +974,9 @@ pub fn authorized_verdict(domain: &str, ip: IpAddr, result: SpfResult) -> CheckR
             format!("SPF for {domain} is a permerror: no IP can pass"),
             "Fix the SPF record (see spf.record, spf.lookups, spf.void).".to_string(),
         ),
-        other => (
+        _ => (
             Status::Fail,
-            format!("{ip} is not authorised by SPF for {domain} (result {other})"),
+            format!("{ip} is not authorised by SPF for {domain} (result {word})"),
             format!(
                 "Add ip{}:{ip} (or the include of the service sending from it) to the SPF record of {domain}.",
                 if ip.is_ipv4() { 4 } else { 6 }
