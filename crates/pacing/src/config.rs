@@ -48,6 +48,9 @@ struct RawPath {
     increase_interval: Option<String>,
     increase_step: Option<String>,
     recovery_share: Option<f64>,
+    slow_start_growth: Option<f64>,
+    plateau_share: Option<f64>,
+    probe_after: Option<String>,
     cut_holdoff: Option<String>,
     slow_down_pause: Option<String>,
     pause: Option<String>,
@@ -83,6 +86,9 @@ impl RawPath {
             increase_interval,
             increase_step,
             recovery_share,
+            slow_start_growth,
+            plateau_share,
+            probe_after,
             cut_holdoff,
             slow_down_pause,
             pause,
@@ -132,6 +138,12 @@ pub struct PathConfig {
     pub increase_step: f64,
     /// Share of the gap to the last cut's rate recovered per interval.
     pub recovery_share: f64,
+    /// Share of the rate added per interval before the path was ever cut (slow start).
+    pub slow_start_growth: f64,
+    /// After a cut, the rate climbs back to this share of the rate that was cut.
+    pub plateau_share: f64,
+    /// …and stays there this long after the cut before probing beyond it.
+    pub probe_after: Duration,
     /// Further throttle verdicts within this time of a cut do not cut again.
     pub cut_holdoff: Duration,
     /// Rest after a `slow-down` verdict.
@@ -333,6 +345,9 @@ fn resolve(section: &str, raw: &RawPath) -> Result<PathConfig, ConfigError> {
         increase_interval,
         increase_step: rate("increase_step", need!(increase_step), false)?,
         recovery_share: share("recovery_share", need!(recovery_share), true, false)?,
+        slow_start_growth: share("slow_start_growth", need!(slow_start_growth), false, false)?,
+        plateau_share: share("plateau_share", need!(plateau_share), true, false)?,
+        probe_after: dur("probe_after", need!(probe_after))?,
         cut_holdoff: dur("cut_holdoff", need!(cut_holdoff))?,
         slow_down_pause: dur("slow_down_pause", need!(slow_down_pause))?,
         pause,

@@ -328,8 +328,9 @@ impl PathPacing {
     fn refill(&mut self, now: Moment, rate: f64) {
         let dt = now.since(self.last_refill).as_secs_f64();
         self.last_refill = now;
-        // A bucket of one second's worth (at least one message): bursts stay small.
-        let cap = rate.max(1.0);
+        // A bucket of one second's worth plus one: bursts stay small, and fractional
+        // rates are kept (a cap of exactly one would round 1.5/s down to 1/s).
+        let cap = rate + 1.0;
         self.tokens = (self.tokens + dt * rate).min(cap);
     }
 
@@ -461,8 +462,13 @@ impl PathPacing {
         {
             return None;
         }
-        let before = (self.limits(), self.state);
         let pause_class = v.throttle == Throttle::Pause;
+        // Replies that arrive during a rest answer messages sent before it: a slow-down
+        // among them must not cut again (a pause verdict may still lengthen the rest).
+        if self.state == PathState::Paused && !pause_class {
+            return None;
+        }
+        let before = (self.limits(), self.state);
         let factor = if pause_class {
             self.cfg.pause_decrease_factor
         } else {
@@ -551,13 +557,34 @@ impl PathPacing {
             return None;
         }
         let before = (self.limits(), self.state);
-        let mut step = self.cfg.increase_step;
-        if let Some(cut) = self.last_cut_rate
-            && cut > self.rate
-        {
-            step = step.max((cut - self.rate) * self.cfg.recovery_share);
-        }
-        self.rate = (self.rate + step).min(self.cfg.rate_ceiling);
+        let step = self.cfg.increase_step;
+        let new_rate = match self.last_cut_rate {
+            // Never cut yet: slow start, a share of the rate per interval.
+            None => self.rate + step.max(self.rate * self.cfg.slow_start_growth),
+            Some(cut) => {
+                let target = cut * self.cfg.plateau_share;
+                if self.rate < target {
+                    // Climb back to just under where trouble started, in steps.
+                    (self.rate + step.max((target - self.rate) * self.cfg.recovery_share))
+                        .min(target)
+                } else if self
+                    .last_cut
+                    .is_some_and(|c| now.since(c) < self.cfg.probe_after)
+                {
+                    // Plateau: hold just under the last known-bad rate for a while.
+                    self.last_increase = now;
+                    self.successes_since_increase = 0;
+                    return None;
+                } else {
+                    // Probe beyond it, additively.
+                    self.rate + step
+                }
+            }
+        };
+        self.rate = new_rate.min(self.cfg.rate_ceiling);
+        // An increase earned means the last pause worked: the next one starts short again.
+        self.pauses_in_memory = 0;
+        self.last_pause_end = None;
         self.connections = (self.connections + 1).min(self.cfg.connections.1);
         self.per_connection =
             (self.per_connection + self.per_connection.div_ceil(4)).min(self.cfg.per_connection.1);

@@ -10,6 +10,8 @@
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod flight;
+pub mod hold;
 pub mod path;
 pub mod retry;
 pub mod window;

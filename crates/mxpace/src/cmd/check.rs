@@ -19,4 +19,3 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
 pub fn spf(_args: SpfArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("not built yet")
 }
-

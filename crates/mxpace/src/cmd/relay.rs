@@ -28,4 +28,3 @@ pub fn init(_args: InitArgs) -> anyhow::Result<ExitCode> {
 pub fn queue(_args: QueueArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("not built yet")
 }
-

@@ -10,4 +10,3 @@ pub struct Args {}
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     anyhow::bail!("not built yet")
 }
-
