@@ -40,6 +40,14 @@ struct FlightArgs {
     /// Scale the message counts (1.0 = full size, 100,000 messages on `steady`).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// Override the receiver model's penalty once an IP's budget is spent (seconds;
+    /// default 60) — to see how much the comparison depends on it.
+    #[arg(long, value_name = "SECS")]
+    penalty_secs: Option<f64>,
+    /// Override the seconds each attempt made while throttled adds to the penalty
+    /// (default 1).
+    #[arg(long, value_name = "SECS")]
+    retry_penalty_secs: Option<f64>,
     /// A pacing config file overriding the built-in defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -78,9 +86,28 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         Some(n) => anyhow::bail!("unknown scenario {n:?} (known: {})", SCENARIOS.join(", ")),
         None => SCENARIOS.to_vec(),
     };
+    for (flag, v) in [
+        ("--penalty-secs", a.penalty_secs),
+        ("--retry-penalty-secs", a.retry_penalty_secs),
+    ] {
+        if let Some(v) = v
+            && !(v.is_finite() && (0.0..=86_400.0).contains(&v))
+        {
+            anyhow::bail!("{flag} must be between 0 and 86400 (got {v})");
+        }
+    }
     let scenarios: Vec<Scenario> = names
         .iter()
         .filter_map(|n| Scenario::builtin(n, a.scale))
+        .map(|mut s| {
+            if let Some(p) = a.penalty_secs {
+                s.receiver.penalty_secs = p;
+            }
+            if let Some(p) = a.retry_penalty_secs {
+                s.receiver.retry_penalty_secs = p;
+            }
+            s
+        })
         .collect();
     let report = flight::run_all(&scenarios, &config, a.seed);
     if a.json {
@@ -106,10 +133,13 @@ fn print_table(r: &Report, order: &[&str]) {
             continue;
         };
         println!(
-            "\n{name}: {} messages, ideal completion {:.0} s ({:.2} h)",
+            "\n{name}: {} messages, ideal completion {:.0} s ({:.2} h); receiver {}/min per IP, penalty {} s (+{} s per attempt while throttled)",
             s.messages,
             s.ideal_completion_s,
-            s.ideal_completion_s / 3600.0
+            s.ideal_completion_s / 3600.0,
+            s.receiver.per_ip_rate,
+            s.receiver.penalty_secs,
+            s.receiver.retry_penalty_secs
         );
         println!(
             "  {:<8} {:>11} {:>7} {:>9} {:>9} {:>9} {:>8} {:>5} {:>9}",

@@ -59,6 +59,8 @@ pub struct ScenarioReport {
     pub ideal_completion_s: f64,
     /// Messages in the scenario.
     pub messages: u64,
+    /// The hidden receiver's parameters (the figures depend on them).
+    pub receiver: receiver::ReceiverModel,
     /// Per policy.
     pub policies: BTreeMap<String, PolicyResult>,
 }
@@ -96,18 +98,17 @@ struct Classifier {
 impl Classifier {
     fn verdict(&mut self, r: &Reply) -> Verdict {
         self.total += 1;
-        let (v, labelled) = self
-            .cache
-            .entry(r.text.clone())
-            .or_insert_with(|| {
-                let v = mxpace_reply::explain(&r.text, None);
-                match (&r.meaning, v.fallback) {
-                    (Some(m), true) => (m.clone(), true),
-                    _ => (v, false),
-                }
-            })
-            .clone();
+        if let Some((v, labelled)) = self.cache.get(&r.text) {
+            self.labelled += u64::from(*labelled);
+            return v.clone();
+        }
+        let v = mxpace_reply::explain(&r.text, None);
+        let (v, labelled) = match (&r.meaning, v.fallback) {
+            (Some(m), true) => (m.clone(), true),
+            _ => (v, false),
+        };
         self.labelled += u64::from(labelled);
+        self.cache.insert(r.text.clone(), (v.clone(), labelled));
         v
     }
 }
@@ -375,6 +376,7 @@ pub fn run_all(scenarios: &[Scenario], config: &PacingConfig, seed: u64) -> Repo
             ScenarioReport {
                 ideal_completion_s: s.ideal_completion_secs(),
                 messages: s.messages(),
+                receiver: s.receiver.clone(),
                 policies,
             },
         );

@@ -49,7 +49,7 @@ pub trait Receiver {
 }
 
 /// Hidden receiver parameters of a scenario.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ReceiverModel {
     /// Messages per minute per source IP once warm.
     pub per_ip_rate: f64,
