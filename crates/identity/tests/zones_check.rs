@@ -146,7 +146,7 @@ async fn a_clean_domain_passes_everything_it_can() {
 #[tokio::test]
 async fn spf_limits_loops_and_authorisation() {
     let nsd = Nsd::start();
-    let (lookups, void, looped, unauth) = tokio::join!(
+    let (lookups, void, looped, unauth, deep) = tokio::join!(
         check(
             &nsd,
             CheckRequest {
@@ -175,7 +175,17 @@ async fn spf_limits_loops_and_authorisation() {
                 ..req("unauth.test")
             }
         ),
+        check(&nsd, req("deep.test")),
     );
+    let rec = deep.get("spf.record").unwrap();
+    assert_eq!(rec.status, Status::Fail);
+    assert!(
+        rec.evidence
+            .iter()
+            .any(|e| e.contains("walk stopped: more than 40 records")),
+        "{rec:#?}"
+    );
+    assert_eq!(status(&deep, "spf.lookups"), Status::Fail);
 
     assert_eq!(status(&lookups, "spf.lookups"), Status::Fail);
     let ev = evidence(&lookups, "spf.lookups");
