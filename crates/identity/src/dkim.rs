@@ -431,6 +431,48 @@ mod tests {
         );
     }
 
+    fn txt(text: &str) -> Answer<crate::dns::TxtSet> {
+        Answer::Found(crate::dns::TxtSet {
+            records: vec![crate::dns::TxtRecord {
+                strings: vec![text.as_bytes().to_vec()],
+            }],
+            wire_size: 0,
+        })
+    }
+
+    #[test]
+    fn key_verdicts() {
+        let strong = txt(&format!("v=DKIM1; k=rsa; p={}", KEY_2048.trim()));
+        assert_eq!(
+            key_verdict("s", "s._domainkey.x", &strong).status,
+            Status::Pass
+        );
+        let weak = txt(&format!("v=DKIM1; k=rsa; p={}", KEY_512.trim()));
+        assert_eq!(
+            key_verdict("s", "s._domainkey.x", &weak).status,
+            Status::Fail
+        );
+        let revoked = txt("v=DKIM1; k=rsa; p=");
+        let v = key_verdict("s", "s._domainkey.x", &revoked);
+        assert_eq!(v.status, Status::Fail);
+        assert!(v.summary.contains("revoked"));
+        let ed = txt("v=DKIM1; k=ed25519; p=AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=");
+        assert_eq!(key_verdict("s", "s._domainkey.x", &ed).status, Status::Warn);
+        let unknown = txt("v=DKIM1; k=dsa; p=AAAA");
+        assert_eq!(
+            key_verdict("s", "s._domainkey.x", &unknown).status,
+            Status::Fail
+        );
+        assert_eq!(
+            key_verdict("s", "s._domainkey.x", &Answer::NxDomain).status,
+            Status::Fail
+        );
+        assert_eq!(
+            key_verdict("s", "s._domainkey.x", &Answer::Failed("timeout".into())).status,
+            Status::Warn
+        );
+    }
+
     #[test]
     fn relaxed_alignment_rule() {
         assert!(relaxed_aligned("example.com", "mail.example.com"));

@@ -324,10 +324,12 @@ pub async fn reporting_check(dns: &Dns, domain: &str, r: &DmarcRecord) -> CheckR
     }
 }
 
-/// `microsoft.bulk-sender`: Outlook.com's 2025 requirement for senders of more than
-/// 5,000 messages a day (announced April 2025, enforced with `550 5.7.515 Access denied,
-/// sending domain does not meet the required authentication level`): SPF pass, DKIM pass,
-/// DMARC at least p=none, aligned with SPF or DKIM. Computed from the other checks.
+/// `microsoft.bulk-sender`: Outlook.com's requirement for domains sending more than 5,000
+/// messages a day to its consumer mailboxes (announced 2 April 2025 on the Microsoft
+/// Defender for Office 365 blog, effective 5 May 2025; Outlook.com postmaster page: failing
+/// mail may be rejected with `550; 5.7.515 Access denied, sending domain [...] does not meet
+/// the required authentication level`): SPF must pass, DKIM must pass, DMARC at least p=none
+/// aligned with SPF or DKIM. Computed from the other checks.
 pub fn microsoft_bulk_sender(checks: &[CheckResult]) -> CheckResult {
     let status_of = |prefix: &str| -> Vec<&CheckResult> {
         checks

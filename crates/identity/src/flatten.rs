@@ -199,11 +199,12 @@ pub fn split_strings(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
     while rest.len() > MAX_STRING_BYTES {
-        let window = &rest[..MAX_STRING_BYTES];
-        let cut = window
-            .rfind(' ')
-            .filter(|&i| i > 0)
-            .unwrap_or(MAX_STRING_BYTES);
+        let mut limit = MAX_STRING_BYTES;
+        while !rest.is_char_boundary(limit) {
+            limit -= 1;
+        }
+        let window = &rest[..limit];
+        let cut = window.rfind(' ').filter(|&i| i > 0).unwrap_or(limit);
         out.push(rest[..cut].to_string());
         rest = &rest[cut..];
     }
@@ -311,6 +312,14 @@ mod tests {
         assert_eq!(d.added, vec!["192.0.2.3/32".parse::<IpNet>().unwrap()]);
         assert_eq!(d.removed, vec!["192.0.2.1/32".parse::<IpNet>().unwrap()]);
         assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn splitting_never_cuts_a_character() {
+        let text = "é".repeat(300);
+        let parts = split_strings(&text);
+        assert!(parts.iter().all(|p| p.len() <= MAX_STRING_BYTES));
+        assert_eq!(parts.concat(), text);
     }
 
     #[test]

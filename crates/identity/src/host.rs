@@ -241,3 +241,58 @@ pub fn helo_verdict(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdns(ptr: Answer<Vec<String>>, confirmed: &[&str]) -> Rdns {
+        Rdns {
+            ptr,
+            confirmed: confirmed.iter().map(|s| s.to_string()).collect(),
+            evidence: vec![],
+        }
+    }
+
+    #[test]
+    fn rdns_verdicts() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            rdns_verdict(ip, &rdns(Answer::NxDomain, &[])).status,
+            Status::Fail
+        );
+        let unconfirmed = rdns(Answer::Found(vec!["x.example".into()]), &[]);
+        assert_eq!(rdns_verdict(ip, &unconfirmed).status, Status::Fail);
+        let ok = rdns(Answer::Found(vec!["x.example".into()]), &["x.example"]);
+        assert_eq!(rdns_verdict(ip, &ok).status, Status::Pass);
+        let failed = rdns(Answer::Failed("SERVFAIL".into()), &[]);
+        assert_eq!(rdns_verdict(ip, &failed).status, Status::Warn);
+    }
+
+    #[test]
+    fn helo_verdicts() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ptr_ok = rdns(
+            Answer::Found(vec!["mail.example".into()]),
+            &["mail.example"],
+        );
+        let resolves = Answer::Found(vec![ip]);
+        let v = helo_verdict(
+            &[ip],
+            std::slice::from_ref(&ptr_ok),
+            Some("MAIL.example."),
+            Some(&resolves),
+        );
+        assert_eq!(v.status, Status::Pass, "{v:#?}");
+        let other_ptr = rdns(
+            Answer::Found(vec!["other.example".into()]),
+            &["other.example"],
+        );
+        let v = helo_verdict(&[ip], &[other_ptr], Some("mail.example"), Some(&resolves));
+        assert_eq!(v.status, Status::Warn);
+        let elsewhere = Answer::Found(vec!["198.51.100.1".parse().unwrap()]);
+        let v = helo_verdict(&[ip], &[ptr_ok], Some("mail.example"), Some(&elsewhere));
+        assert_eq!(v.status, Status::Fail);
+        assert_eq!(helo_verdict(&[ip], &[], None, None).status, Status::Warn);
+    }
+}

@@ -111,6 +111,8 @@ pub struct CheckRequest {
     pub message: Option<Vec<u8>>,
     /// Blocklist zones to query; empty means none.
     pub blocklists: Vec<crate::dnsbl::Zone>,
+    /// How to fetch the MTA-STS policy file.
+    pub sts_fetch: crate::policy::StsFetch,
 }
 
 /// Runs every check of `req` on one DNS context, lookups in parallel.
@@ -122,7 +124,7 @@ pub async fn run_checks(dns: &Dns, req: &CheckRequest) -> Report {
         crate::dmarc::check_all(dns, &domain),
         crate::host::check_mx(dns, &domain),
         crate::host::check_ips(dns, &req.ips, req.helo.as_deref()),
-        crate::policy::check_all(dns, &domain),
+        crate::policy::check_all(dns, &domain, &req.sts_fetch),
         async {
             match &req.message {
                 Some(raw) => crate::dkim::check_message(dns, &domain, raw).await,

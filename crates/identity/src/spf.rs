@@ -439,8 +439,12 @@ fn walk_node<'a>(
             via,
             ..Node::default()
         };
-        if budget.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            budget.store(0, std::sync::atomic::Ordering::SeqCst);
+        let spent = budget.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |left| left.checked_sub(1),
+        );
+        if spent.is_err() {
             node.problems.push(format!(
                 "walk stopped: more than {MAX_RECORDS_WALKED} records"
             ));

@@ -9,8 +9,11 @@ use mail_auth::dkim::DkimSigner;
 use mxpace_identity::dns::Dns;
 use mxpace_identity::dnsbl::default_zones;
 use mxpace_identity::{CheckRequest, Report, Status, run_checks};
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use support::https::PolicyServer;
 use support::nsd::Nsd;
 
 fn ip(s: &str) -> IpAddr {
@@ -62,9 +65,33 @@ fn signed_message(from_domain: &str, signer_domain: &str) -> Vec<u8> {
     out
 }
 
+async fn policy_server() -> (PolicyServer, mxpace_identity::policy::StsFetch) {
+    let server = PolicyServer::start(HashMap::from([
+        (
+            "mta-sts.clean.test".to_string(),
+            "version: STSv1\r\nmode: enforce\r\nmx: mx.clean.test\r\nmax_age: 604800\r\n"
+                .to_string(),
+        ),
+        (
+            "mta-sts.stsbad.test".to_string(),
+            "version: STSv1\r\nmode: enforce\r\nmx: *.elsewhere.example\r\nmax_age: 86400\r\n"
+                .to_string(),
+        ),
+    ]))
+    .await;
+    let roots = mxpace_identity::policy::roots_from_pem(server.ca_pem.as_bytes()).unwrap();
+    let fetch = mxpace_identity::policy::StsFetch {
+        port: server.addr.port(),
+        roots: Some(Arc::new(roots)),
+        timeout: Duration::from_secs(5),
+    };
+    (server, fetch)
+}
+
 #[tokio::test]
 async fn a_clean_domain_passes_everything_it_can() {
     let nsd = Nsd::start();
+    let (_server, sts_fetch) = policy_server().await;
     let r = check(
         &nsd,
         CheckRequest {
@@ -74,6 +101,7 @@ async fn a_clean_domain_passes_everything_it_can() {
             selectors: vec!["s1".into()],
             message: Some(signed_message("clean.test", "clean.test")),
             blocklists: default_zones(),
+            sts_fetch,
         },
     )
     .await;
@@ -103,6 +131,7 @@ async fn a_clean_domain_passes_everything_it_can() {
         assert_eq!(status(&r, id), Status::Pass, "{id}: {:#?}", r.get(id));
     }
     assert!(evidence(&r, "dkim.key.s1").contains("2048 bits"));
+    assert!(evidence(&r, "mta-sts").contains("mode: enforce, max_age: 604800, mx: mx.clean.test"));
     assert!(evidence(&r, "spf.lookups").contains("_spf.esp.test (include)"));
     // Zones this server does not serve are refused by nsd: no verdict, never "listed".
     let spamcop = r.get("blocklist.bl.spamcop.net[192.0.2.10]").unwrap();
@@ -117,7 +146,7 @@ async fn a_clean_domain_passes_everything_it_can() {
 #[tokio::test]
 async fn spf_limits_loops_and_authorisation() {
     let nsd = Nsd::start();
-    let (lookups, void, looped, unauth) = tokio::join!(
+    let (lookups, void, looped, unauth, deep) = tokio::join!(
         check(
             &nsd,
             CheckRequest {
@@ -146,7 +175,17 @@ async fn spf_limits_loops_and_authorisation() {
                 ..req("unauth.test")
             }
         ),
+        check(&nsd, req("deep.test")),
     );
+    let rec = deep.get("spf.record").unwrap();
+    assert_eq!(rec.status, Status::Fail);
+    assert!(
+        rec.evidence
+            .iter()
+            .any(|e| e.contains("walk stopped: more than 40 records")),
+        "{rec:#?}"
+    );
+    assert_eq!(status(&deep, "spf.lookups"), Status::Fail);
 
     assert_eq!(status(&lookups, "spf.lookups"), Status::Fail);
     let ev = evidence(&lookups, "spf.lookups");
@@ -311,4 +350,44 @@ async fn blocklists_listed_clear_and_refused() {
         status(&r, "blocklist.dbl.spamhaus.org[baddomain.test]"),
         Status::Fail
     );
+}
+
+#[tokio::test]
+async fn mta_sts_policy_must_be_fetchable_and_cover_the_mx() {
+    let nsd = Nsd::start();
+    let (server, sts_fetch) = policy_server().await;
+    let uncovered = check(
+        &nsd,
+        CheckRequest {
+            sts_fetch: sts_fetch.clone(),
+            ..req("stsbad.test")
+        },
+    )
+    .await;
+    let sts = uncovered.get("mta-sts").unwrap();
+    assert_eq!(sts.status, Status::Fail, "{sts:#?}");
+    assert!(
+        sts.evidence
+            .iter()
+            .any(|e| e.contains("not matched by the policy: mx.clean.test")),
+        "{sts:#?}"
+    );
+
+    // The certificate is not trusted without its CA: the policy cannot be fetched.
+    let untrusted = mxpace_identity::policy::StsFetch {
+        roots: Some(Arc::new(rustls::RootCertStore::empty())),
+        ..sts_fetch
+    };
+    let r = check(
+        &nsd,
+        CheckRequest {
+            sts_fetch: untrusted,
+            ..req("clean.test")
+        },
+    )
+    .await;
+    let sts = r.get("mta-sts").unwrap();
+    assert_eq!(sts.status, Status::Fail);
+    assert!(sts.evidence.iter().any(|e| e.contains("TLS")), "{sts:#?}");
+    drop(server);
 }

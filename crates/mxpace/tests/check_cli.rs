@@ -55,13 +55,97 @@ fn check_status<'a>(report: &'a Value, id: &str) -> &'a str {
         .unwrap()
 }
 
+/// Python's HTTPS server (a real, independent peer) serving clean.test's MTA-STS policy
+/// with an openssl-made self-signed certificate. Returns the guard, the port and the PEM path.
+fn start_policy_server(dir: &std::path::Path) -> (KillOnDrop, u16, std::path::PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=mta-sts.clean.test",
+        ])
+        .args(["-addext", "subjectAltName=DNS:mta-sts.clean.test"])
+        // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is needed to make a test certificate");
+    assert!(made.success(), "openssl req failed");
+    let script = r#"
+import http.server, ssl, sys
+BODY = b"version: STSv1\r\nmode: enforce\r\nmx: mx.clean.test\r\nmax_age: 604800\r\n"
+class Policy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path != "/.well-known/mta-sts.txt":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Policy)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+    let mut child = KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("policy server said {line:?}"));
+    (child, port, cert)
+}
+
 #[test]
 fn json_report_has_every_check_and_exit_code_follows_failures() {
     let nsd = Nsd::start();
     let dns = nsd.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (_https, sts_port, ca) = start_policy_server(dir.path());
+    let sts_port = sts_port.to_string();
     let out = run(&[
         "check",
         "clean.test",
+        "--mta-sts-port",
+        &sts_port,
+        "--mta-sts-ca",
+        ca.to_str().unwrap(),
         "--ip",
         "192.0.2.10",
         "--ip",

@@ -1,1 +1,2 @@
+pub mod https;
 pub mod nsd;

@@ -50,6 +50,12 @@ pub struct Args {
     /// With --watch: stop after this many re-checks (default: run until interrupted).
     #[arg(long, value_name = "N", requires = "watch")]
     pub watch_count: Option<u64>,
+    /// HTTPS port for MTA-STS policy files (443; another port is for tests).
+    #[arg(long, value_name = "PORT", default_value_t = 443, hide = true)]
+    pub mta_sts_port: u16,
+    /// Trust these CA certificates (PEM) for MTA-STS policy files instead of the system's.
+    #[arg(long, value_name = "FILE.pem")]
+    pub mta_sts_ca: Option<PathBuf>,
 }
 
 /// Flags of `mxpace spf`.
@@ -134,6 +140,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
         None => None,
     };
+    let roots = match &args.mta_sts_ca {
+        Some(p) => {
+            let pem = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let store = mxpace_identity::policy::roots_from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Some(std::sync::Arc::new(store))
+        }
+        None => None,
+    };
     let req = CheckRequest {
         domain: args.domain.clone(),
         ips: args.ips.clone(),
@@ -141,6 +156,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         selectors: args.selectors.clone(),
         message,
         blocklists: load_blocklists(&args)?,
+        sts_fetch: mxpace_identity::policy::StsFetch {
+            port: args.mta_sts_port,
+            roots,
+            ..Default::default()
+        },
     };
     let dns = Dns::new(args.dns, Duration::from_millis(args.timeout_ms.max(1)))?;
     let rt = runtime()?;
