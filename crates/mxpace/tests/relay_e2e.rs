@@ -700,26 +700,7 @@ fn starttls_then_auth_lets_a_remote_user_submit() {
     let openssl = need("openssl");
     let mx = ScriptedMx::start();
     let dir = tempfile::tempdir().unwrap();
-    let ok = Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=relay.test",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "openssl could not make a test certificate");
+    make_cert(&openssl, dir.path());
     let config = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY)
         .replace("allow_clients = [\"127.0.0.0/8\"]", "allow_clients = []")
         + "\n[tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"\n\n[[user]]\nname = \"app1\"\npassword = \"s3cret\"\nstream = \"bulk\"\n";
@@ -755,6 +736,67 @@ fn starttls_then_auth_lets_a_remote_user_submit() {
     assert!(body.contains("with ESMTPSA"), "{body}");
     let e = &relay.events_for("u@example.test", "attempt")[0];
     assert_eq!(e["stream"], "bulk", "the user's stream applies");
+}
+
+fn make_cert(openssl: &Path, dir: &Path) {
+    let ok = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=relay.test",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "openssl could not make a test certificate");
+}
+
+#[test]
+fn egress_uses_starttls_when_the_receiver_offers_it() {
+    need("swaks");
+    let openssl = need("openssl");
+    let mx = ScriptedMx::start();
+    // The receiving side is a second relay with a certificate (it offers STARTTLS).
+    let dir_b = tempfile::tempdir().unwrap();
+    make_cert(&openssl, dir_b.path());
+    let config_b = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY)
+        + "\n[tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"\n";
+    let relay_b = Relay::start(dir_b.path(), &config_b);
+    let dir_a = tempfile::tempdir().unwrap();
+    let relay_a = Relay::start(
+        dir_a.path(),
+        &base_config(&[("example.test", vec![relay_b.smtp])], FAST_RETRY),
+    );
+    swaks(
+        relay_a.smtp,
+        "app@origin.test",
+        "tls@example.test",
+        &[],
+        true,
+    );
+    wait_until(
+        "delivery through both relays",
+        Duration::from_secs(20),
+        || mx.accepted_for("tls@example.test").len() == 1,
+    );
+    let e = &relay_a.events_for("tls@example.test", "attempt")[0];
+    assert_eq!(e["outcome"], "delivered");
+    assert_eq!(e["extra"]["tls"], true, "{e}");
+    let (_, _, body) = mx.accepted_for("tls@example.test").remove(0);
+    assert!(
+        body.contains("with ESMTPS"),
+        "relay B saw a TLS session: {body}"
+    );
 }
 
 /// STARTTLS + AUTH with Python's smtplib (an independent client and TLS stack).
