@@ -1283,3 +1283,67 @@ fn mx_records_from_a_real_dns_server_are_tried_in_preference_order() {
     let nx = &relay.events_for("u@nonexistent.mx.test", "attempt")[0];
     assert_eq!(nx["outcome"], "bounced", "{nx}");
 }
+
+/// Unmounts the tmpfs when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_fs = dir.path().join("fs");
+    std::fs::create_dir(&spool_fs).unwrap();
+    // A 4 MB filesystem for the spool (needs root, as the test suite runs).
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&spool_fs)
+        .status()
+        .expect("mount is needed to make a small filesystem");
+    assert!(
+        ok.success(),
+        "could not mount a 4 MB tmpfs (the test needs root)"
+    );
+    let _mount = Mount(spool_fs.clone());
+    // Nothing is delivered (the only host is down), so the spool only grows.
+    let config = base_config(&[("example.test", vec![dead_addr()])], FAST_RETRY)
+        .replace("spool = \"{dir}/spool\"", "spool = \"{dir}/fs/spool\"");
+    let mut relay = Relay::start(dir.path(), &config);
+    let body = format!("Subject: filler\r\n\r\n{}\r\n", "y".repeat(200_000));
+    let (mut acked, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let (mut w, mut r) = raw_session(relay.smtp);
+        w.write_all(b"EHLO c\r\n").unwrap();
+        read_reply(&mut r);
+        w.write_all(b"MAIL FROM:<app@origin.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+            .unwrap();
+        read_reply(&mut r);
+        read_reply(&mut r);
+        assert!(read_reply(&mut r).starts_with("354"));
+        w.write_all(body.as_bytes()).unwrap();
+        w.write_all(b".\r\n").unwrap();
+        let reply = read_reply(&mut r);
+        if reply.starts_with("250") {
+            acked += 1;
+        } else {
+            assert!(reply.starts_with("452 4.3.1"), "{reply}");
+            refused += 1;
+            if refused >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(acked > 0 && refused > 0, "acked {acked}, refused {refused}");
+    relay.kill9();
+    let (ok, out) = relay.mxpace(&["queue", "--json"]);
+    assert!(ok, "{out}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        s["messages"], acked,
+        "every acknowledged message is in the spool"
+    );
+}
