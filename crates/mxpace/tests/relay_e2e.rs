@@ -877,7 +877,7 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     let mut submitter = Guard(submitter);
     // Let some mail flow, then crash the relay in the middle of it.
     wait_until("some deliveries", Duration::from_secs(30), || {
-        mx.log.lock().unwrap().accepted.len() >= 20
+        mx.log.lock().unwrap().accepted.len() >= 60
     });
     relay.kill9();
     let status = submitter.0.wait().unwrap();
