@@ -700,26 +700,7 @@ fn starttls_then_auth_lets_a_remote_user_submit() {
     let openssl = need("openssl");
     let mx = ScriptedMx::start();
     let dir = tempfile::tempdir().unwrap();
-    let ok = Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=relay.test",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "openssl could not make a test certificate");
+    make_cert(&openssl, dir.path());
     let config = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY)
         .replace("allow_clients = [\"127.0.0.0/8\"]", "allow_clients = []")
         + "\n[tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"\n\n[[user]]\nname = \"app1\"\npassword = \"s3cret\"\nstream = \"bulk\"\n";
@@ -755,6 +736,67 @@ fn starttls_then_auth_lets_a_remote_user_submit() {
     assert!(body.contains("with ESMTPSA"), "{body}");
     let e = &relay.events_for("u@example.test", "attempt")[0];
     assert_eq!(e["stream"], "bulk", "the user's stream applies");
+}
+
+fn make_cert(openssl: &Path, dir: &Path) {
+    let ok = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=relay.test",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "openssl could not make a test certificate");
+}
+
+#[test]
+fn egress_uses_starttls_when_the_receiver_offers_it() {
+    need("swaks");
+    let openssl = need("openssl");
+    let mx = ScriptedMx::start();
+    // The receiving side is a second relay with a certificate (it offers STARTTLS).
+    let dir_b = tempfile::tempdir().unwrap();
+    make_cert(&openssl, dir_b.path());
+    let config_b = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY)
+        + "\n[tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"\n";
+    let relay_b = Relay::start(dir_b.path(), &config_b);
+    let dir_a = tempfile::tempdir().unwrap();
+    let relay_a = Relay::start(
+        dir_a.path(),
+        &base_config(&[("example.test", vec![relay_b.smtp])], FAST_RETRY),
+    );
+    swaks(
+        relay_a.smtp,
+        "app@origin.test",
+        "tls@example.test",
+        &[],
+        true,
+    );
+    wait_until(
+        "delivery through both relays",
+        Duration::from_secs(20),
+        || mx.accepted_for("tls@example.test").len() == 1,
+    );
+    let e = &relay_a.events_for("tls@example.test", "attempt")[0];
+    assert_eq!(e["outcome"], "delivered");
+    assert_eq!(e["extra"]["tls"], true, "{e}");
+    let (_, _, body) = mx.accepted_for("tls@example.test").remove(0);
+    assert!(
+        body.contains("with ESMTPS"),
+        "relay B saw a TLS session: {body}"
+    );
 }
 
 /// STARTTLS + AUTH with Python's smtplib (an independent client and TLS stack).
@@ -835,7 +877,7 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     let mut submitter = Guard(submitter);
     // Let some mail flow, then crash the relay in the middle of it.
     wait_until("some deliveries", Duration::from_secs(30), || {
-        mx.log.lock().unwrap().accepted.len() >= 20
+        mx.log.lock().unwrap().accepted.len() >= 60
     });
     relay.kill9();
     let status = submitter.0.wait().unwrap();
@@ -1240,4 +1282,68 @@ fn mx_records_from_a_real_dns_server_are_tried_in_preference_order() {
     );
     let nx = &relay.events_for("u@nonexistent.mx.test", "attempt")[0];
     assert_eq!(nx["outcome"], "bounced", "{nx}");
+}
+
+/// Unmounts the tmpfs when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_fs = dir.path().join("fs");
+    std::fs::create_dir(&spool_fs).unwrap();
+    // A 4 MB filesystem for the spool (needs root, as the test suite runs).
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&spool_fs)
+        .status()
+        .expect("mount is needed to make a small filesystem");
+    assert!(
+        ok.success(),
+        "could not mount a 4 MB tmpfs (the test needs root)"
+    );
+    let _mount = Mount(spool_fs.clone());
+    // Nothing is delivered (the only host is down), so the spool only grows.
+    let config = base_config(&[("example.test", vec![dead_addr()])], FAST_RETRY)
+        .replace("spool = \"{dir}/spool\"", "spool = \"{dir}/fs/spool\"");
+    let mut relay = Relay::start(dir.path(), &config);
+    let body = format!("Subject: filler\r\n\r\n{}\r\n", "y".repeat(200_000));
+    let (mut acked, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let (mut w, mut r) = raw_session(relay.smtp);
+        w.write_all(b"EHLO c\r\n").unwrap();
+        read_reply(&mut r);
+        w.write_all(b"MAIL FROM:<app@origin.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+            .unwrap();
+        read_reply(&mut r);
+        read_reply(&mut r);
+        assert!(read_reply(&mut r).starts_with("354"));
+        w.write_all(body.as_bytes()).unwrap();
+        w.write_all(b".\r\n").unwrap();
+        let reply = read_reply(&mut r);
+        if reply.starts_with("250") {
+            acked += 1;
+        } else {
+            assert!(reply.starts_with("452 4.3.1"), "{reply}");
+            refused += 1;
+            if refused >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(acked > 0 && refused > 0, "acked {acked}, refused {refused}");
+    relay.kill9();
+    let (ok, out) = relay.mxpace(&["queue", "--json"]);
+    assert!(ok, "{out}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        s["messages"], acked,
+        "every acknowledged message is in the spool"
+    );
 }

@@ -22,6 +22,9 @@ pub enum SessionError {
     /// The server answered, but not with what lets us go on (greeting, EHLO).
     #[error("{}", .0.text())]
     Refused(Reply),
+    /// STARTTLS was offered but the handshake failed (retry in plaintext).
+    #[error("STARTTLS failed: {0}")]
+    Tls(String),
 }
 
 fn io_err(stage: &str, e: impl std::fmt::Display) -> SessionError {
@@ -103,7 +106,9 @@ impl Session {
         if let Some(cfg) = tls
             && s.capabilities & smtp_proto::EXT_START_TLS != 0
         {
-            s.starttls(cfg, server_name).await?;
+            s.starttls(cfg, server_name)
+                .await
+                .map_err(|e| SessionError::Tls(e.to_string()))?;
             s.hello(ehlo).await?;
         }
         Ok(s)

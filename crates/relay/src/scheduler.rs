@@ -231,15 +231,24 @@ impl Scheduler {
                         .await;
                     return Err(());
                 }
-                let opened = Session::open(
+                let timeout = self.shared.config.relay.smtp_timeout;
+                let mut opened = Session::open(
                     *addr,
                     path.source_ip,
                     &ehlo,
                     &target.host,
                     Some(self.tls.clone()),
-                    self.shared.config.relay.smtp_timeout,
+                    timeout,
                 )
                 .await;
+                if let Err(SessionError::Tls(e)) = &opened {
+                    // Opportunistic TLS (RFC 7435): a broken handshake falls back
+                    // to plaintext rather than holding mail forever.
+                    tracing::info!(host = target.host, "{e}; retrying without TLS");
+                    opened =
+                        Session::open(*addr, path.source_ip, &ehlo, &target.host, None, timeout)
+                            .await;
+                }
                 match opened {
                     Ok(s) => {
                         let provider = provider_of(&target.host, Some(&s.greeting.text()));
@@ -268,7 +277,7 @@ impl Scheduler {
                             ctx,
                         ));
                     }
-                    Err(SessionError::Io(e)) => {
+                    Err(e @ (SessionError::Io(_) | SessionError::Tls(_))) => {
                         self.shared.gate.record(GateOutcome {
                             path: &path,
                             now_ms: now_ms(),
