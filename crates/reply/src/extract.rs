@@ -34,15 +34,23 @@ pub fn extract(text: &str) -> Extracted {
             b'(' => paren_token(&b[i..], &mut out.tokens),
             b'[' => bracket(&text[i..], &mut out),
             b'h' | b'H' if boundary => url(&text[i..], &mut out),
-            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' | b':'
-                if boundary && (i == 0 || b[i - 1] != b'.') =>
-            {
-                ip(&text[i..], &mut out.ips).or_else(|| word_token(&b[i..], &mut out.tokens))
-            }
+            // Addresses are tried where a digit starts a word: IPv6 written with a
+            // leading letter (`fe80::1`) is not picked up, to keep this scan cheap.
+            b'0'..=b'9' if boundary && (i == 0 || b[i - 1] != b'.') => ip(&text[i..], &mut out.ips),
             b'A'..=b'Z' if boundary => word_token(&b[i..], &mut out.tokens),
             _ => None,
         };
-        i += step.unwrap_or(1).max(1);
+        match step {
+            Some(n) => i += n.max(1),
+            // Nothing starts inside a word: skip the rest of it in one go.
+            None if c.is_ascii_alphanumeric() => {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+            }
+            None => i += 1,
+        }
     }
     out
 }

@@ -524,8 +524,9 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
         if !text.is_empty() {
             text.push(' ');
         }
-        // Word boundaries are ASCII whitespace, so the slice is valid UTF-8.
-        text.push_str(std::str::from_utf8(word).unwrap_or_default());
+        // Word boundaries are ASCII whitespace, so these are char boundaries.
+        let end = w_start + (i - w_start);
+        text.push_str(&body[end - word.len()..end]);
     }
     (enhanced, text)
 }
