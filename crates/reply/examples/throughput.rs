@@ -52,6 +52,10 @@ fn main() {
     };
     run(Duration::from_millis(300)); // warm-up: engine build, caches
     let (n, wall, cpu) = run(Duration::from_secs_f64(seconds));
+    println!(
+        "phrase automaton: {} KiB",
+        mxpace_reply::embedded_engine().automaton_bytes() / 1024
+    );
     println!("replies: {n} ({} corpus entries per pass)", cases.len());
     println!("wall: {:.3} s  -> {:.0} replies/s", wall, n as f64 / wall);
     if let Some(cpu) = cpu {

@@ -186,6 +186,11 @@ impl Engine {
         })
     }
 
+    /// Bytes used by the phrase automaton (for benchmarks and diagnostics).
+    pub fn automaton_bytes(&self) -> usize {
+        self.phrases.memory_usage()
+    }
+
     /// The rules in priority order (for `--list-rules`).
     pub fn rules(&self) -> impl Iterator<Item = &RuleDef> {
         self.rules.iter().map(|r| &r.def)
