@@ -144,7 +144,9 @@ impl Engine {
         let automaton = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
+            // A full DFA of ~440 case-insensitive phrases is ~2 MB and spends its time
+            // on cache misses; the contiguous NFA is ~120 KB and measured faster here.
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .prefilter(false)
             .build(&phrases)
             .map_err(|e| RulesError::Invalid {
