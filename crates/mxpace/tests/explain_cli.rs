@@ -84,7 +84,7 @@ fn json_has_the_contract_fields() {
     assert_eq!(v["throttle"], "slow-down");
     assert_eq!(v["tokens"][0], "S77714");
     assert_eq!(v["ips"][0], "203.0.113.10");
-    assert_eq!(v["host"], "bl6pepf0001ab50.namprd04.prod.outlook.com");
+    assert_eq!(v["host"], "BL6PEPF0001AB50.namprd04.prod.outlook.com");
     assert_eq!(v["host_time"], "2024-07-14T14:44:43.083Z");
     assert_eq!(v["rule"], "microsoft-server-busy");
     assert_eq!(v["fallback"], false);

@@ -16,7 +16,7 @@ pub struct Extracted {
     pub ips: Vec<IpAddr>,
     /// URLs (http/https).
     pub urls: Vec<String>,
-    /// Receiving host from a trailing `[host …]` block.
+    /// Receiving host from a trailing `[host …]` block, exactly as written.
     pub host: Option<String>,
     /// The receiving host's UTC timestamp from that block.
     pub host_time: Option<String>,
@@ -128,7 +128,8 @@ fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
     let mut words = inner.split_ascii_whitespace();
     let host = words.next()?;
     if looks_like_host(host) {
-        out.host = Some(host.to_ascii_lowercase());
+        // Kept exactly as the receiver wrote it: it is escalation evidence.
+        out.host = Some(host.to_owned());
         out.host_time = words
             .next()
             .filter(|t| looks_like_timestamp(t))
@@ -231,7 +232,7 @@ mod tests {
         assert_eq!(e.ips, ["203.0.113.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             e.host.as_deref(),
-            Some("bl6pepf0001ab50.namprd04.prod.outlook.com")
+            Some("BL6PEPF0001AB50.namprd04.prod.outlook.com")
         );
         assert_eq!(e.host_time.as_deref(), Some("2024-07-14T14:44:43.083Z"));
     }
