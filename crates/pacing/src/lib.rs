@@ -1,3 +1,25 @@
-//! Retry policy, pacing controller per (egress IP × provider), provider rollup (pure).
+//! Retry policy, pacing controller per (egress IP × provider), and the flight simulator
+//! that measures the controller against models of other MTAs (all pure: the caller
+//! passes the time).
+//!
+//! The flow: the scheduler asks [`Pacing::try_send`] before each delivery attempt
+//! (a held message is not an attempt), and feeds every attempt's [`Outcome`] back with
+//! [`Pacing::on_outcome`]; each change of limits comes back as a [`PacingChange`]
+//! carrying the reply that caused it.
 
+pub mod clock;
+pub mod config;
+pub mod controller;
+pub mod flight;
+pub mod hold;
+pub mod path;
 pub mod retry;
+pub mod window;
+
+pub use clock::Moment;
+pub use config::{ConfigError, PacingConfig, PathConfig};
+pub use controller::{
+    Gate, Limits, Outcome, Pacing, PacingChange, PathPacing, PathSnapshot, PathState, Trigger,
+};
+pub use path::{Path, Stream};
+pub use window::Band;

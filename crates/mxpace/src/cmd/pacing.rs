@@ -1,31 +1,184 @@
-//! Entry points (not built yet).
+//! `mxpace pacing` (state and steering of live paths), `mxpace bench pacing` (the
+//! flight simulator) and `mxpace demo`.
 
+use anyhow::Context;
+use mxpace_pacing::PacingConfig;
+use mxpace_pacing::flight::{self, POLICIES, Report, scenario::SCENARIOS, scenario::Scenario};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Flags.
+/// Flags of `mxpace pacing`.
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
-/// Flags.
+/// Flags of `mxpace bench`.
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
 
-/// Flags.
+#[derive(clap::Subcommand, Debug)]
+enum BenchWhat {
+    /// The pacing flight simulator: mxpace's controller, a Postfix-defaults model and a
+    /// KumoMTA-default-Microsoft-rule model against the same receiver model, in virtual time.
+    Pacing(FlightArgs),
+}
+
+/// Flags of `mxpace bench pacing`.
+#[derive(clap::Args, Debug)]
+struct FlightArgs {
+    /// Run one scenario (steady, new-ip, tenant, incident, mixed); all when absent.
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seed of every random choice (same seed, same figures).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Scale the message counts (1.0 = full size, 100,000 messages on `steady`).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Override the receiver model's penalty once an IP's budget is spent (seconds;
+    /// default 60) — to see how much the comparison depends on it.
+    #[arg(long, value_name = "SECS")]
+    penalty_secs: Option<f64>,
+    /// Override the seconds each attempt made while throttled adds to the penalty
+    /// (default 1).
+    #[arg(long, value_name = "SECS")]
+    retry_penalty_secs: Option<f64>,
+    /// A pacing config file overriding the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Flags of `mxpace demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {}
 
-/// Not built yet.
+/// Show or steer pacing paths. Needs the relay, which has not landed yet.
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+    anyhow::bail!("`mxpace pacing` needs the relay, which is not built yet")
 }
 
-/// Not built yet.
-pub fn bench(_args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+/// Run a benchmark; today only the pacing flight simulator.
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchWhat::Pacing(a) => bench_pacing(a),
+    }
 }
 
-/// Not built yet.
+fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
+    if !(a.scale.is_finite() && a.scale > 0.0 && a.scale <= 10.0) {
+        anyhow::bail!("--scale must be above 0 and at most 10 (got {})", a.scale);
+    }
+    let config = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            PacingConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => PacingConfig::builtin(),
+    };
+    let names: Vec<&str> = match &a.scenario {
+        Some(n) if SCENARIOS.contains(&n.as_str()) => vec![n.as_str()],
+        Some(n) => anyhow::bail!("unknown scenario {n:?} (known: {})", SCENARIOS.join(", ")),
+        None => SCENARIOS.to_vec(),
+    };
+    for (flag, v) in [
+        ("--penalty-secs", a.penalty_secs),
+        ("--retry-penalty-secs", a.retry_penalty_secs),
+    ] {
+        if let Some(v) = v
+            && !(v.is_finite() && (0.0..=86_400.0).contains(&v))
+        {
+            anyhow::bail!("{flag} must be between 0 and 86400 (got {v})");
+        }
+    }
+    let scenarios: Vec<Scenario> = names
+        .iter()
+        .filter_map(|n| Scenario::builtin(n, a.scale))
+        .map(|mut s| {
+            if let Some(p) = a.penalty_secs {
+                s.receiver.penalty_secs = p;
+            }
+            if let Some(p) = a.retry_penalty_secs {
+                s.receiver.retry_penalty_secs = p;
+            }
+            s
+        })
+        .collect();
+    let report = flight::run_all(&scenarios, &config, a.seed);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report, &names);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |s| format!("{s:.0}"))
+}
+
+fn print_table(r: &Report, order: &[&str]) {
+    println!(
+        "flight simulator (seed {}; receiver-model labels used for {:.0}% of verdicts)",
+        r.seed,
+        100.0 * r.verdicts_from_receiver_labels
+    );
+    for name in order {
+        let Some(s) = r.scenarios.get(*name) else {
+            continue;
+        };
+        println!(
+            "\n{name}: {} messages, ideal completion {:.0} s ({:.2} h); receiver {}/min per IP, penalty {} s (+{} s per attempt while throttled)",
+            s.messages,
+            s.ideal_completion_s,
+            s.ideal_completion_s / 3600.0,
+            s.receiver.per_ip_rate,
+            s.receiver.penalty_secs,
+            s.receiver.retry_penalty_secs
+        );
+        println!(
+            "  {:<8} {:>11} {:>7} {:>9} {:>9} {:>9} {:>8} {:>5} {:>9}",
+            "policy",
+            "completion",
+            "×ideal",
+            "deferred",
+            "p50 tx",
+            "p95 tx",
+            "expired",
+            "dups",
+            "attempts"
+        );
+        for p in POLICIES {
+            let Some(x) = s.policies.get(*p) else {
+                continue;
+            };
+            println!(
+                "  {:<8} {:>9.0} s {:>7.2} {:>8.2}% {:>7} s {:>7} s {:>8} {:>5} {:>9}{}",
+                p,
+                x.completion_s,
+                x.completion_s / s.ideal_completion_s,
+                100.0 * x.deferred_share,
+                opt(x.p50_transactional_s),
+                opt(x.p95_transactional_s),
+                x.expired,
+                x.duplicates,
+                x.attempts,
+                if x.drained {
+                    ""
+                } else {
+                    "  (not drained at horizon)"
+                }
+            );
+        }
+    }
+}
+
+/// The one-command demo. Needs the relay and the receiver simulator, not landed yet.
 pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+    anyhow::bail!("`mxpace demo` needs the relay, which is not built yet")
 }
-
