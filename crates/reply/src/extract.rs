@@ -16,7 +16,7 @@ pub struct Extracted {
     pub ips: Vec<IpAddr>,
     /// URLs (http/https).
     pub urls: Vec<String>,
-    /// Receiving host from a trailing `[host …]` block.
+    /// Receiving host from a trailing `[host …]` block, exactly as written.
     pub host: Option<String>,
     /// The receiving host's UTC timestamp from that block.
     pub host_time: Option<String>,
@@ -34,15 +34,23 @@ pub fn extract(text: &str) -> Extracted {
             b'(' => paren_token(&b[i..], &mut out.tokens),
             b'[' => bracket(&text[i..], &mut out),
             b'h' | b'H' if boundary => url(&text[i..], &mut out),
-            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' | b':'
-                if boundary && (i == 0 || b[i - 1] != b'.') =>
-            {
-                ip(&text[i..], &mut out.ips).or_else(|| word_token(&b[i..], &mut out.tokens))
-            }
+            // Addresses are tried where a digit starts a word: IPv6 written with a
+            // leading letter (`fe80::1`) is not picked up, to keep this scan cheap.
+            b'0'..=b'9' if boundary && (i == 0 || b[i - 1] != b'.') => ip(&text[i..], &mut out.ips),
             b'A'..=b'Z' if boundary => word_token(&b[i..], &mut out.tokens),
             _ => None,
         };
-        i += step.unwrap_or(1).max(1);
+        match step {
+            Some(n) => i += n.max(1),
+            // Nothing starts inside a word: skip the rest of it in one go.
+            None if c.is_ascii_alphanumeric() => {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+            }
+            None => i += 1,
+        }
     }
     out
 }
@@ -120,7 +128,8 @@ fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
     let mut words = inner.split_ascii_whitespace();
     let host = words.next()?;
     if looks_like_host(host) {
-        out.host = Some(host.to_ascii_lowercase());
+        // Kept exactly as the receiver wrote it: it is escalation evidence.
+        out.host = Some(host.to_owned());
         out.host_time = words
             .next()
             .filter(|t| looks_like_timestamp(t))
@@ -223,7 +232,7 @@ mod tests {
         assert_eq!(e.ips, ["203.0.113.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             e.host.as_deref(),
-            Some("bl6pepf0001ab50.namprd04.prod.outlook.com")
+            Some("BL6PEPF0001AB50.namprd04.prod.outlook.com")
         );
         assert_eq!(e.host_time.as_deref(), Some("2024-07-14T14:44:43.083Z"));
     }

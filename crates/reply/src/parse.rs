@@ -358,7 +358,7 @@ fn remote_mta(input: &str) -> Option<String> {
     let at = find_ci(input, "Remote-MTA:")?;
     let value = input[at + 11..].lines().next()?.trim();
     let value = value.split_once(';').map_or(value, |(_, v)| v).trim();
-    (!value.is_empty()).then(|| value.trim_end_matches('.').to_ascii_lowercase())
+    (!value.is_empty()).then(|| value.trim_end_matches('.').to_owned())
 }
 
 /// Postfix: `… (in reply to RCPT TO command)` at the end gives the stage; the body ends there.
@@ -430,7 +430,7 @@ fn split_host_ip(s: &str) -> (Option<String>, Option<IpAddr>) {
         }
         None => (s.split_whitespace().next().unwrap_or(""), None),
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = name.trim_end_matches('.').to_owned();
     let usable = !name.is_empty() && name.contains('.') && !name.contains(' ');
     (usable.then_some(name), ip)
 }
@@ -524,8 +524,9 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
         if !text.is_empty() {
             text.push(' ');
         }
-        // Word boundaries are ASCII whitespace, so the slice is valid UTF-8.
-        text.push_str(std::str::from_utf8(word).unwrap_or_default());
+        // Word boundaries are ASCII whitespace, so these are char boundaries.
+        let end = w_start + (i - w_start);
+        text.push_str(&body[end - word.len()..end]);
     }
     (enhanced, text)
 }

@@ -19,7 +19,7 @@ fn microsoft_server_busy_is_a_per_ip_throttle_not_a_bounce() {
     assert_eq!(v.ips, ["203.0.113.10".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(
         v.host.as_deref(),
-        Some("bl6pepf0001ab50.namprd04.prod.outlook.com")
+        Some("BL6PEPF0001AB50.namprd04.prod.outlook.com")
     );
     assert_eq!(v.host_time.as_deref(), Some("2024-07-14T14:44:43.083Z"));
     assert_eq!(v.rule, "microsoft-server-busy");

@@ -1,0 +1,69 @@
+//! Replies per second of `explain` over the corpus, on one thread:
+//! `cargo run --release -p mxpace-reply --example throughput [SECONDS]`.
+//!
+//! Prints two figures: by wall-clock time, and by the CPU time this thread actually got
+//! (Linux `/proc/thread-self/schedstat`), which stays meaningful on a shared, loaded
+//! machine where other processes take turns on the cores.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const CORPUS: &str = include_str!("../corpus/replies.toml");
+
+#[derive(serde::Deserialize)]
+struct Corpus {
+    case: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    reply: String,
+    mx: Option<String>,
+}
+
+/// Nanoseconds this thread has run on a CPU (None off Linux).
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+fn main() {
+    let seconds: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let cases = toml::from_str::<Corpus>(CORPUS)
+        .expect("corpus parses")
+        .case;
+    let run = |deadline: Duration| {
+        let (start, cpu0) = (Instant::now(), thread_cpu_ns());
+        let mut n = 0u64;
+        while start.elapsed() < deadline {
+            for case in &cases {
+                black_box(mxpace_reply::explain(
+                    black_box(&case.reply),
+                    case.mx.as_deref(),
+                ));
+            }
+            n += cases.len() as u64;
+        }
+        let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| (b - a) as f64 / 1e9);
+        (n, start.elapsed().as_secs_f64(), cpu)
+    };
+    run(Duration::from_millis(300)); // warm-up: engine build, caches
+    let (n, wall, cpu) = run(Duration::from_secs_f64(seconds));
+    println!(
+        "phrase automaton: {} KiB",
+        mxpace_reply::embedded_engine().automaton_bytes() / 1024
+    );
+    println!("replies: {n} ({} corpus entries per pass)", cases.len());
+    println!("wall: {:.3} s  -> {:.0} replies/s", wall, n as f64 / wall);
+    if let Some(cpu) = cpu {
+        println!(
+            "cpu:  {:.3} s  -> {:.0} replies/s ({:.0} ns/reply)",
+            cpu,
+            n as f64 / cpu,
+            cpu * 1e9 / n as f64
+        );
+    }
+}
