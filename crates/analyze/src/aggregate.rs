@@ -228,11 +228,13 @@ pub struct Analyzer {
     pub(crate) out_of_order: u64,
     pub(crate) events: u64,
     pub(crate) held: u64,
-    open: HashMap<(String, String), RecipientState>,
+    /// Keyed by a 64-bit hash of (queue ID, recipient): no string copies per event.
+    open: HashMap<u64, RecipientState>,
     arrivals: HashMap<String, OffsetDateTime>,
     delivered: HashSet<u64>,
-    sessions: HashMap<(String, String, i64), HashSet<String>>,
-    flagged_sessions: HashSet<(String, String, i64)>,
+    /// (hash of source IP × provider, bucket) → hashes of session IDs.
+    sessions: HashMap<(u64, i64), HashSet<u64>>,
+    flagged_sessions: HashSet<(u64, i64)>,
     hasher: std::collections::hash_map::RandomState,
     since_prune: u64,
     max_open: usize,
@@ -304,12 +306,12 @@ impl Analyzer {
             EventType::Attempt => self.attempt(e),
             EventType::Expired => {
                 self.health.expired += 1;
-                if let Some(state) = self.open.remove(&(e.queue_id.clone(), e.recipient.clone())) {
+                if let Some(state) = self.open.remove(&self.recipient_key(e)) {
                     self.count_retries(state.attempts);
                 }
             }
             EventType::Admin if e.outcome == Some(Outcome::Bounced) => {
-                let key = (e.queue_id.clone(), e.recipient.clone());
+                let key = self.recipient_key(e);
                 if let Some(state) = self.open.remove(&key) {
                     if state.deferrals == 1 && state.last_deferred {
                         let example = format!(
@@ -455,9 +457,10 @@ impl Analyzer {
         let bucket = t
             .unix_timestamp()
             .div_euclid(self.config.session_bucket_secs);
-        let key = (ip.to_string(), provider.to_string(), bucket);
-        let set = self.sessions.entry(key.clone()).or_default();
-        set.insert(session.to_string());
+        let key = (self.hasher.hash_one((ip, provider)), bucket);
+        let session = self.hasher.hash_one(session);
+        let set = self.sessions.entry(key).or_default();
+        set.insert(session);
         let n = set.len();
         let limit = self.config.providers.max_connections(provider) as usize;
         if n > limit && self.flagged_sessions.insert(key) {
@@ -472,7 +475,7 @@ impl Analyzer {
 
     fn recipient(&mut self, e: &Event, outcome: Outcome, deferred: bool, reply: &str) {
         let t = e.time;
-        let key = (e.queue_id.clone(), e.recipient.clone());
+        let key = self.recipient_key(e);
         let state = self.open.entry(key).or_insert_with(|| RecipientState {
             first: t,
             last: t,
@@ -494,10 +497,7 @@ impl Analyzer {
                 self.flag(1, example);
             }
         }
-        let state = self
-            .open
-            .get_mut(&(e.queue_id.clone(), e.recipient.clone()))
-            .expect("inserted above");
+        let state = self.open.get_mut(&key).expect("inserted above");
         state.attempts += 1;
         state.last = t;
         state.last_deferred = deferred;
@@ -512,10 +512,7 @@ impl Analyzer {
             self.health.retry_age[age_bucket((t - arrival).whole_seconds())] += 1;
             return;
         }
-        let state = self
-            .open
-            .remove(&(e.queue_id.clone(), e.recipient.clone()))
-            .expect("present");
+        let state = self.open.remove(&key).expect("present");
         self.count_retries(state.attempts);
         match outcome {
             Outcome::Delivered => {
@@ -563,6 +560,10 @@ impl Analyzer {
         }
     }
 
+    fn recipient_key(&self, e: &Event) -> u64 {
+        self.hasher.hash_one((&e.queue_id, &e.recipient))
+    }
+
     fn count_retries(&mut self, attempts: u32) {
         if attempts == 0 {
             return;
@@ -596,8 +597,8 @@ impl Analyzer {
         let bucket = now
             .unix_timestamp()
             .div_euclid(self.config.session_bucket_secs);
-        self.sessions.retain(|(_, _, b), _| *b + 30 >= bucket);
-        self.flagged_sessions.retain(|(_, _, b)| *b + 30 >= bucket);
+        self.sessions.retain(|(_, b), _| *b + 30 >= bucket);
+        self.flagged_sessions.retain(|(_, b)| *b + 30 >= bucket);
     }
 }
 
