@@ -10,6 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use time::OffsetDateTime;
 
+/// A second delivery of the same message to the same recipient is looked for within
+/// 24–48 h: an application's resubmission happens within hours, and older state would make
+/// memory grow with the log.
+pub const DUPLICATE_HORIZON_SECS: i64 = 86_400;
+
 /// Settings of the analysis.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -231,7 +236,11 @@ pub struct Analyzer {
     /// Keyed by a 64-bit hash of (queue ID, recipient): no string copies per event.
     open: HashMap<u64, RecipientState>,
     arrivals: HashMap<String, OffsetDateTime>,
-    delivered: HashSet<u64>,
+    /// Hashes of delivered (message, recipient), in two generations of
+    /// [`DUPLICATE_HORIZON_SECS`] each: duplicates are found up to two horizons apart and
+    /// memory is bounded by deliveries per horizon, not by the size of the log.
+    delivered: [HashSet<u64>; 2],
+    delivered_since: Option<OffsetDateTime>,
     /// (hash of source IP × provider, bucket) → hashes of session IDs.
     sessions: HashMap<(u64, i64), HashSet<u64>>,
     flagged_sessions: HashSet<(u64, i64)>,
@@ -257,7 +266,8 @@ impl Analyzer {
             held: 0,
             open: HashMap::new(),
             arrivals: HashMap::new(),
-            delivered: HashSet::new(),
+            delivered: Default::default(),
+            delivered_since: None,
             sessions: HashMap::new(),
             flagged_sessions: HashSet::new(),
             hasher: Default::default(),
@@ -531,7 +541,13 @@ impl Analyzer {
                     &e.message_id
                 };
                 let key = self.hasher.hash_one((message, &e.recipient));
-                if !self.delivered.insert(key) {
+                let since = *self.delivered_since.get_or_insert(t);
+                if (t - since).whole_seconds() > DUPLICATE_HORIZON_SECS {
+                    self.delivered.swap(0, 1);
+                    self.delivered[0].clear();
+                    self.delivered_since = Some(t);
+                }
+                if self.delivered[1].contains(&key) || !self.delivered[0].insert(key) {
                     let example = format!(
                         "{} {} to {}: delivered again (queue {})",
                         rfc3339(t),
