@@ -397,7 +397,9 @@ impl Analyzer {
             (Dimension::SourceIp, Some(&ip)),
             (
                 Dimension::SenderDomain,
-                Some(if sender_domain.is_empty() {
+                Some(if e.extra.contains_key("sender_unknown") {
+                    "unknown"
+                } else if sender_domain.is_empty() {
                     "<>"
                 } else {
                     &sender_domain

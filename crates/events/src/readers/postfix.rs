@@ -371,6 +371,9 @@ impl Correlator {
                         }
                         _ => {}
                     }
+                } else {
+                    // Its qmgr line is in an earlier log: the sender is unknown, not null.
+                    event.extra.insert("sender_unknown".into(), true.into());
                 }
                 out.push(*event);
             }
