@@ -6,9 +6,15 @@
 use crate::knowledge::{self, Providers};
 use mxpace_events::{Event, EventType, Outcome};
 use mxpace_reply::Verdict;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use time::OffsetDateTime;
+
+/// A second delivery of the same message to the same recipient is looked for within
+/// 24–48 h: an application's resubmission happens within hours, and older state would make
+/// memory grow with the log.
+pub const DUPLICATE_HORIZON_SECS: i64 = 86_400;
 
 /// Settings of the analysis.
 #[derive(Debug, Clone)]
@@ -204,6 +210,12 @@ pub struct QueueHealth {
     pub delivered_without_arrival: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    time: OffsetDateTime,
+    open: u32,
+}
+
 #[derive(Debug, Clone)]
 struct RecipientState {
     first: OffsetDateTime,
@@ -228,12 +240,20 @@ pub struct Analyzer {
     pub(crate) out_of_order: u64,
     pub(crate) events: u64,
     pub(crate) held: u64,
-    open: HashMap<(String, String), RecipientState>,
-    arrivals: HashMap<String, OffsetDateTime>,
-    delivered: HashSet<u64>,
-    sessions: HashMap<(String, String, i64), HashSet<String>>,
-    flagged_sessions: HashSet<(String, String, i64)>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Keyed by a 64-bit hash of (queue ID, recipient): no string copies per event.
+    open: HashMap<u64, RecipientState>,
+    /// Arrival time and open-recipient count per queue ID (hashed); dropped when the
+    /// last open recipient leaves, so it is bounded by messages in flight.
+    arrivals: HashMap<u64, Arrival>,
+    /// Hashes of delivered (message, recipient), in two generations of
+    /// [`DUPLICATE_HORIZON_SECS`] each: duplicates are found up to two horizons apart and
+    /// memory is bounded by deliveries per horizon, not by the size of the log.
+    delivered: [HashSet<u64>; 2],
+    delivered_since: Option<OffsetDateTime>,
+    /// (hash of source IP × provider, bucket) → hashes of session IDs.
+    sessions: HashMap<(u64, i64), HashSet<u64>>,
+    flagged_sessions: HashSet<(u64, i64)>,
+    hasher: rustc_hash::FxBuildHasher,
     since_prune: u64,
     max_open: usize,
 }
@@ -243,9 +263,9 @@ impl Analyzer {
     pub fn new(config: Config) -> Self {
         Analyzer {
             config,
-            segments: HashMap::new(),
-            cells: HashMap::new(),
-            templates: HashMap::new(),
+            segments: HashMap::default(),
+            cells: HashMap::default(),
+            templates: HashMap::default(),
             anti: Default::default(),
             health: QueueHealth::default(),
             first: None,
@@ -253,11 +273,12 @@ impl Analyzer {
             out_of_order: 0,
             events: 0,
             held: 0,
-            open: HashMap::new(),
-            arrivals: HashMap::new(),
-            delivered: HashSet::new(),
-            sessions: HashMap::new(),
-            flagged_sessions: HashSet::new(),
+            open: HashMap::default(),
+            arrivals: HashMap::default(),
+            delivered: Default::default(),
+            delivered_since: None,
+            sessions: HashMap::default(),
+            flagged_sessions: HashSet::default(),
             hasher: Default::default(),
             since_prune: 0,
             max_open: 0,
@@ -299,18 +320,23 @@ impl Analyzer {
         }
         match e.kind {
             EventType::Received if !e.queue_id.is_empty() => {
-                self.arrivals.insert(e.queue_id.clone(), t);
+                let key = self.hasher.hash_one(&e.queue_id);
+                self.arrivals
+                    .entry(key)
+                    .or_insert(Arrival { time: t, open: 0 });
             }
             EventType::Attempt => self.attempt(e),
             EventType::Expired => {
                 self.health.expired += 1;
-                if let Some(state) = self.open.remove(&(e.queue_id.clone(), e.recipient.clone())) {
+                if let Some(state) = self.open.remove(&self.recipient_key(e)) {
+                    self.release_arrival(&e.queue_id);
                     self.count_retries(state.attempts);
                 }
             }
             EventType::Admin if e.outcome == Some(Outcome::Bounced) => {
-                let key = (e.queue_id.clone(), e.recipient.clone());
+                let key = self.recipient_key(e);
                 if let Some(state) = self.open.remove(&key) {
+                    self.release_arrival(&e.queue_id);
                     if state.deferrals == 1 && state.last_deferred {
                         let example = format!(
                             "{} queue {} to {}: removed after a single deferral ({})",
@@ -327,7 +353,10 @@ impl Analyzer {
             _ => {}
         }
         self.since_prune += 1;
-        if self.since_prune >= 100_000 {
+        // Pruning walks the open state: do it when as many events have passed as there
+        // are entries, so its cost stays proportional to the input.
+        let held = self.open.len() + self.arrivals.len() + self.sessions.len();
+        if self.since_prune >= 100_000.max(held as u64) {
             self.prune();
         }
     }
@@ -368,7 +397,9 @@ impl Analyzer {
             (Dimension::SourceIp, Some(&ip)),
             (
                 Dimension::SenderDomain,
-                Some(if sender_domain.is_empty() {
+                Some(if e.extra.contains_key("sender_unknown") {
+                    "unknown"
+                } else if sender_domain.is_empty() {
                     "<>"
                 } else {
                     &sender_domain
@@ -455,9 +486,10 @@ impl Analyzer {
         let bucket = t
             .unix_timestamp()
             .div_euclid(self.config.session_bucket_secs);
-        let key = (ip.to_string(), provider.to_string(), bucket);
-        let set = self.sessions.entry(key.clone()).or_default();
-        set.insert(session.to_string());
+        let key = (self.hasher.hash_one((ip, provider)), bucket);
+        let session = self.hasher.hash_one(session);
+        let set = self.sessions.entry(key).or_default();
+        set.insert(session);
         let n = set.len();
         let limit = self.config.providers.max_connections(provider) as usize;
         if n > limit && self.flagged_sessions.insert(key) {
@@ -472,7 +504,7 @@ impl Analyzer {
 
     fn recipient(&mut self, e: &Event, outcome: Outcome, deferred: bool, reply: &str) {
         let t = e.time;
-        let key = (e.queue_id.clone(), e.recipient.clone());
+        let key = self.recipient_key(e);
         let state = self.open.entry(key).or_insert_with(|| RecipientState {
             first: t,
             last: t,
@@ -494,34 +526,52 @@ impl Analyzer {
                 self.flag(1, example);
             }
         }
-        let state = self
-            .open
-            .get_mut(&(e.queue_id.clone(), e.recipient.clone()))
-            .expect("inserted above");
+        let state = self.open.get_mut(&key).expect("inserted above");
+        let first_attempt = state.attempts == 0;
         state.attempts += 1;
         state.last = t;
         state.last_deferred = deferred;
         if deferred {
             state.deferrals += 1;
             state.last_reply = truncate(reply, 120);
-            let arrival = self
-                .arrivals
-                .get(&e.queue_id)
-                .copied()
-                .unwrap_or(state.first);
+            let first = state.first;
+            let qid = self.hasher.hash_one(&e.queue_id);
+            let arrival = match self.arrivals.get_mut(&qid) {
+                Some(a) => {
+                    a.open += first_attempt as u32;
+                    a.time
+                }
+                None => first,
+            };
             self.health.retry_age[age_bucket((t - arrival).whole_seconds())] += 1;
             return;
         }
-        let state = self
-            .open
-            .remove(&(e.queue_id.clone(), e.recipient.clone()))
-            .expect("present");
+        let state = self.open.remove(&key).expect("present");
+        let arrived = if first_attempt {
+            self.arrivals
+                .get(&self.hasher.hash_one(&e.queue_id))
+                .map(|a| a.time)
+        } else {
+            let time = self
+                .arrivals
+                .get(&self.hasher.hash_one(&e.queue_id))
+                .map(|a| a.time);
+            self.release_arrival(&e.queue_id);
+            time
+        };
+        if first_attempt {
+            // Never counted as open: nothing to release; drop the arrival if it was the last.
+            let qid = self.hasher.hash_one(&e.queue_id);
+            if self.arrivals.get(&qid).is_some_and(|a| a.open == 0) {
+                self.arrivals.remove(&qid);
+            }
+        }
         self.count_retries(state.attempts);
         match outcome {
             Outcome::Delivered => {
                 self.health.delivered += 1;
-                let arrival = match self.arrivals.get(&e.queue_id) {
-                    Some(a) => *a,
+                let arrival = match arrived {
+                    Some(a) => a,
                     None => {
                         self.health.delivered_without_arrival += 1;
                         state.first
@@ -534,7 +584,13 @@ impl Analyzer {
                     &e.message_id
                 };
                 let key = self.hasher.hash_one((message, &e.recipient));
-                if !self.delivered.insert(key) {
+                let since = *self.delivered_since.get_or_insert(t);
+                if (t - since).whole_seconds() > DUPLICATE_HORIZON_SECS {
+                    self.delivered.swap(0, 1);
+                    self.delivered[0].clear();
+                    self.delivered_since = Some(t);
+                }
+                if self.delivered[1].contains(&key) || !self.delivered[0].insert(key) {
                     let example = format!(
                         "{} {} to {}: delivered again (queue {})",
                         rfc3339(t),
@@ -561,6 +617,21 @@ impl Analyzer {
             }
             _ => {}
         }
+    }
+
+    /// One open recipient of `queue_id` left the queue.
+    fn release_arrival(&mut self, queue_id: &str) {
+        let qid = self.hasher.hash_one(queue_id);
+        if let Some(a) = self.arrivals.get_mut(&qid) {
+            a.open = a.open.saturating_sub(1);
+            if a.open == 0 {
+                self.arrivals.remove(&qid);
+            }
+        }
+    }
+
+    fn recipient_key(&self, e: &Event) -> u64 {
+        self.hasher.hash_one((&e.queue_id, &e.recipient))
     }
 
     fn count_retries(&mut self, attempts: u32) {
@@ -592,12 +663,12 @@ impl Analyzer {
         self.open
             .retain(|_, s| (now - s.last).whole_seconds() <= max_age);
         self.arrivals
-            .retain(|_, t| (now - *t).whole_seconds() <= max_age);
+            .retain(|_, a| (now - a.time).whole_seconds() <= max_age);
         let bucket = now
             .unix_timestamp()
             .div_euclid(self.config.session_bucket_secs);
-        self.sessions.retain(|(_, _, b), _| *b + 30 >= bucket);
-        self.flagged_sessions.retain(|(_, _, b)| *b + 30 >= bucket);
+        self.sessions.retain(|(_, b), _| *b + 30 >= bucket);
+        self.flagged_sessions.retain(|(_, b)| *b + 30 >= bucket);
     }
 }
 

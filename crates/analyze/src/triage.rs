@@ -10,8 +10,8 @@
 
 use crate::aggregate::{Analyzer, CELL_DIMENSIONS, Cell, Counts, Dimension, Sample, rfc3339};
 use crate::knowledge::Bands;
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
-use std::collections::HashMap;
 use time::OffsetDateTime;
 
 /// Whose problem an incident is.
@@ -128,7 +128,7 @@ struct Totals {
 fn sum(cells: impl Iterator<Item = (i64, Cell)>, examples: usize) -> Totals {
     let mut t = Totals {
         total: Counts::default(),
-        by: vec![HashMap::new(); CELL_DIMENSIONS.len()],
+        by: vec![HashMap::default(); CELL_DIMENSIONS.len()],
         samples: Vec::new(),
     };
     for (_, cell) in cells {

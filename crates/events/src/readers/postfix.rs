@@ -72,7 +72,7 @@ fn header(s: &str) -> Result<Header<'_>, SkipReason> {
         stamp::classic(s).ok_or(SkipReason::Unrecognised)?
     };
     let (_host, rest) = rest.split_once(' ').ok_or(SkipReason::Unrecognised)?;
-    let (tag, msg) = rest.split_once(": ").ok_or(SkipReason::Unrecognised)?;
+    let (tag, msg) = split_pair(rest, b':').ok_or(SkipReason::Unrecognised)?;
     let (program, pid) = match tag.find('[') {
         Some(i) => (&tag[..i], tag[i + 1..].trim_end_matches(']')),
         None => (tag, ""),
@@ -101,7 +101,7 @@ pub fn parse_line(line: &[u8], config: &ReaderConfig) -> Result<Option<Parsed>, 
     if !h.syslog_name.starts_with("postfix") && !config.source_map.contains_key(h.syslog_name) {
         return Ok(None);
     }
-    let Some((qid, body)) = h.msg.split_once(": ") else {
+    let Some((qid, body)) = split_pair(h.msg, b':') else {
         return Ok(None);
     };
     if !is_queue_id(qid) {
@@ -157,6 +157,26 @@ pub fn parse_line(line: &[u8], config: &ReaderConfig) -> Result<Option<Parsed>, 
     }))
 }
 
+/// Position of `c` followed by a space (`: `, `, `), found with memchr: these splits run
+/// on every line, and a `&str` pattern would build a substring searcher each time.
+fn find_pair(s: &str, c: u8) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(c, &b[from..]) {
+        let at = from + i;
+        if b.get(at + 1) == Some(&b' ') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Split at the first `c` followed by a space.
+fn split_pair(s: &str, c: u8) -> Option<(&str, &str)> {
+    find_pair(s, c).map(|at| (&s[..at], &s[at + 2..]))
+}
+
 /// Value of `name` in a `, `-separated field list.
 fn field<'a>(s: &'a str, name: &str) -> Option<&'a str> {
     let i = s.find(name)?;
@@ -190,7 +210,7 @@ fn delivery(
             reason = reason.strip_suffix(')').unwrap_or(reason);
             break;
         }
-        let end = value_and_rest.find(", ").unwrap_or(value_and_rest.len());
+        let end = find_pair(value_and_rest, b',').unwrap_or(value_and_rest.len());
         let value = &value_and_rest[..end];
         match name {
             "relay" => {
@@ -351,6 +371,9 @@ impl Correlator {
                         }
                         _ => {}
                     }
+                } else {
+                    // Its qmgr line is in an earlier log: the sender is unknown, not null.
+                    event.extra.insert("sender_unknown".into(), true.into());
                 }
                 out.push(*event);
             }

@@ -81,6 +81,8 @@ fn postfix_correlates_by_queue_id_and_reads_every_field() {
     // Unknown queue ID (its qmgr line is in an older file): still an attempt, no sender.
     assert_eq!(a[3].outcome, Some(Outcome::ConnectionFailed));
     assert_eq!(a[3].sender, "");
+    assert_eq!(a[3].extra["sender_unknown"], true);
+    assert!(!a[0].extra.contains_key("sender_unknown"));
     assert_eq!(a[3].source_ip, None);
 
     // pickup and dovecot lines are the log's, not ours: ignored, not skipped.

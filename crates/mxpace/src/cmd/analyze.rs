@@ -202,12 +202,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     };
     let outcome = run::read_all(&paths, &options, &mut analyzer, &mut status)?;
-    let format = outcome
-        .formats
-        .iter()
-        .map(|f| f.name())
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut formats: Vec<&str> = outcome.formats.iter().map(|f| f.name()).collect();
+    formats.dedup();
+    let format = formats.join(",");
     let files = paths.iter().map(|p| p.display().to_string()).collect();
     let report = Report::build(&analyzer, &outcome.stats, files, &format);
 
