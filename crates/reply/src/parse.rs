@@ -190,11 +190,24 @@ pub fn parse(input: &str) -> Result<Reply, NotAReply> {
 
 /// NUL bytes, or more than one control character in eight, mean this is not text.
 fn looks_binary(b: &[u8]) -> bool {
-    let controls = b
-        .iter()
-        .filter(|&&c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
-        .count();
-    b.contains(&0) || controls * 8 > b.len()
+    let mut controls = 0usize;
+    for &c in b {
+        if c < 0x20 {
+            if c == 0 {
+                return true;
+            }
+            controls += usize::from(!matches!(c, b'\t' | b'\n' | b'\r'));
+        }
+    }
+    controls * 8 > b.len()
+}
+
+/// Whether `b` contains Exchange's `#SMTP#` (exact case): a byte scan for `#` first,
+/// cheaper than setting up a substring searcher for every reply.
+fn has_smtp_hash(b: &[u8]) -> bool {
+    b.iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'#' && b[i..].starts_with(b"#SMTP#"))
 }
 
 /// `[2-5]dd` followed by end, space, tab, `-` or a line break.
@@ -267,7 +280,7 @@ fn unwrap(input: &str) -> Unwrapped<'_> {
         remote_ip: None,
     };
     // A reply at the very start is raw even if its text happens to contain a marker.
-    if starts_with_code(input.as_bytes()) && !input.contains("#SMTP#") {
+    if starts_with_code(input.as_bytes()) && !has_smtp_hash(input.as_bytes()) {
         return raw;
     }
     let Some(m) = MARKER_FINDER.find(input) else {
