@@ -232,7 +232,7 @@ impl Engine {
         };
         let mut v = Verdict {
             code: Some(reply.code),
-            enhanced: reply.enhanced.map(|e| e.to_string()),
+            enhanced: reply.enhanced.map(|e| e.to_text()),
             enhanced_agrees: reply.enhanced_agrees(),
             stage: reply.stage,
             action: default_action,
