@@ -201,13 +201,25 @@ impl Engine {
     /// Parse and classify one reply; see [`crate::explain`].
     pub fn explain(&self, input: &str, mx: Option<&str>) -> Verdict {
         match parse::parse(input) {
-            Ok(reply) => self.classify(&reply, mx),
+            Ok(reply) => {
+                // The parsed text moves into the verdict rather than being copied.
+                let mut v = self.verdict_without_text(&reply, mx);
+                v.text = reply.text;
+                v
+            }
             Err(e) => not_a_reply(input, e),
         }
     }
 
     /// Classify an already parsed reply.
     pub fn classify(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
+        let mut v = self.verdict_without_text(reply, mx);
+        v.text.clone_from(&reply.text);
+        v
+    }
+
+    /// The verdict for `reply`, its `text` left empty for the caller to fill.
+    fn verdict_without_text(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
         // Bitsets on the stack (heap only for rule sets far larger than the embedded one):
         // phrases seen in the text, and candidate rules, whose set bits in ascending
         // order are the candidates in priority order.
@@ -244,7 +256,6 @@ impl Engine {
             host: facts.host,
             host_time: facts.host_time,
             urls: facts.urls,
-            text: reply.text.clone(),
             ..Verdict::default()
         };
         match winner {
