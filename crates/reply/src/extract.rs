@@ -29,11 +29,17 @@ pub fn extract(text: &str) -> Extracted {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        let boundary = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        let boundary = i == 0 || !is_alnum(b[i - 1]);
         let step = match c {
             b'(' => paren_token(&b[i..], &mut out.tokens),
             b'[' => bracket(&text[i..], &mut out),
-            b'h' | b'H' if boundary => url(&text[i..], &mut out),
+            b'h' | b'H'
+                if boundary
+                    && b.get(i + 1..i + 4)
+                        .is_some_and(|t| t.eq_ignore_ascii_case(b"ttp")) =>
+            {
+                url(&text[i..], &mut out)
+            }
             // Addresses are tried where a digit starts a word: IPv6 written with a
             // leading letter (`fe80::1`) is not picked up, to keep this scan cheap.
             b'0'..=b'9' if boundary && (i == 0 || b[i - 1] != b'.') => ip(&text[i..], &mut out.ips),
@@ -43,9 +49,9 @@ pub fn extract(text: &str) -> Extracted {
         match step {
             Some(n) => i += n.max(1),
             // Nothing starts inside a word: skip the rest of it in one go.
-            None if c.is_ascii_alphanumeric() => {
+            None if is_alnum(c) => {
                 i += 1;
-                while i < b.len() && b[i].is_ascii_alphanumeric() {
+                while i < b.len() && is_alnum(b[i]) {
                     i += 1;
                 }
             }
@@ -53,6 +59,21 @@ pub fn extract(text: &str) -> Extracted {
         }
     }
     out
+}
+
+/// ASCII letters and digits, by table: this test runs on nearly every byte of a reply.
+const ALNUM: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    t
+};
+
+fn is_alnum(c: u8) -> bool {
+    ALNUM[usize::from(c)]
 }
 
 fn push_unique(v: &mut Vec<String>, s: &str) {
