@@ -33,12 +33,17 @@ pub fn extract(text: &str) -> Extracted {
         let step = match c {
             b'(' => paren_token(&b[i..], &mut out.tokens),
             b'[' => bracket(&text[i..], &mut out),
-            b'h' | b'H'
-                if boundary
-                    && b.get(i + 1..i + 4)
-                        .is_some_and(|t| t.eq_ignore_ascii_case(b"ttp")) =>
-            {
-                url(&text[i..], &mut out)
+            // A word starting with `h` is a URL or nothing (never a token), as before
+            // the cheap `ttp` check was added.
+            b'h' | b'H' if boundary => {
+                let http = b
+                    .get(i + 1..i + 4)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"ttp"));
+                if http {
+                    url(&text[i..], &mut out)
+                } else {
+                    None
+                }
             }
             // Addresses are tried where a digit starts a word: IPv6 written with a
             // leading letter (`fe80::1`) is not picked up, to keep this scan cheap.
