@@ -4,6 +4,11 @@
 //! Prints two figures: by wall-clock time, and by the CPU time this thread actually got
 //! (Linux `/proc/thread-self/schedstat`), which stays meaningful on a shared, loaded
 //! machine where other processes take turns on the cores.
+//!
+//! `throughput --passes N` instead runs exactly N passes over the corpus after building
+//! the engine, for instruction counts that do not depend on the machine's load:
+//! `valgrind --tool=callgrind --toggle-collect='*Engine::explain*' … --passes 20`,
+//! then instructions per reply = collected Ir / (N × corpus entries).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -28,13 +33,25 @@ fn thread_cpu_ns() -> Option<u64> {
 }
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let cases = toml::from_str::<Corpus>(CORPUS)
         .expect("corpus parses")
         .case;
+    if args.first().map(String::as_str) == Some("--passes") {
+        let passes: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+        let _ = mxpace_reply::embedded_engine(); // build outside the counted calls
+        for _ in 0..passes {
+            for case in &cases {
+                black_box(mxpace_reply::explain(
+                    black_box(&case.reply),
+                    case.mx.as_deref(),
+                ));
+            }
+        }
+        println!("replies: {}", passes * cases.len() as u64);
+        return;
+    }
+    let seconds: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let run = |deadline: Duration| {
         let (start, cpu0) = (Instant::now(), thread_cpu_ns());
         let mut n = 0u64;

@@ -201,32 +201,42 @@ impl Engine {
     /// Parse and classify one reply; see [`crate::explain`].
     pub fn explain(&self, input: &str, mx: Option<&str>) -> Verdict {
         match parse::parse(input) {
-            Ok(reply) => self.classify(&reply, mx),
+            Ok(reply) => {
+                // The parsed text moves into the verdict rather than being copied.
+                let mut v = self.verdict_without_text(&reply, mx);
+                v.text = reply.text;
+                v
+            }
             Err(e) => not_a_reply(input, e),
         }
     }
 
     /// Classify an already parsed reply.
     pub fn classify(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
-        let (seen, found, marked) = self.phrases_in(&reply.text);
+        let mut v = self.verdict_without_text(reply, mx);
+        v.text.clone_from(&reply.text);
+        v
+    }
+
+    /// The verdict for `reply`, its `text` left empty for the caller to fill.
+    fn verdict_without_text(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
+        // Bitsets on the stack (heap only for rule sets far larger than the embedded one):
+        // phrases seen in the text, and candidate rules, whose set bits in ascending
+        // order are the candidates in priority order.
+        let (mut seen_buf, mut cand_buf) = ([0u64; STACK_WORDS], [0u64; STACK_WORDS]);
+        let (mut seen_heap, mut cand_heap) = (Vec::new(), Vec::new());
+        let seen = bitset(&mut seen_buf, &mut seen_heap, self.phrase_count);
+        let candidates = bitset(&mut cand_buf, &mut cand_heap, self.rules.len());
+        let marked = self.phrases_in(&reply.text, seen, candidates);
         let facts = extract(&reply.text);
         let provider = self.provider(reply, mx, facts.host.as_deref(), marked);
         let bucket = bucket_of(reply.enhanced);
-        let mut candidates: Vec<u32> = found
-            .iter()
-            .flat_map(|&id| self.rules_of_phrase[id as usize].iter().copied())
-            .chain(
-                self.index[usize::from(reply.code - 200) * BUCKETS + bucket]
-                    .iter()
-                    .copied(),
-            )
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        let winner = candidates
-            .iter()
-            .map(|&ri| &self.rules[ri as usize])
-            .find(|r| self.rule_matches(r, reply, provider, &seen));
+        for &ri in &self.index[usize::from(reply.code - 200) * BUCKETS + bucket] {
+            set(candidates, ri);
+        }
+        let winner = set_bits(candidates)
+            .map(|ri| &self.rules[ri])
+            .find(|r| self.rule_matches(r, reply, provider, seen));
         let default_action = match reply.code {
             200..=399 => Action::Deliver,
             400..=499 => Action::Retry,
@@ -234,7 +244,7 @@ impl Engine {
         };
         let mut v = Verdict {
             code: Some(reply.code),
-            enhanced: reply.enhanced.map(|e| e.to_string()),
+            enhanced: reply.enhanced.map(|e| e.to_text()),
             enhanced_agrees: reply.enhanced_agrees(),
             stage: reply.stage,
             action: default_action,
@@ -246,7 +256,6 @@ impl Engine {
             host: facts.host,
             host_time: facts.host_time,
             urls: facts.urls,
-            text: reply.text.clone(),
             ..Verdict::default()
         };
         match winner {
@@ -267,23 +276,24 @@ impl Engine {
         v
     }
 
-    /// One pass of the automaton: which phrases occur in `text` (as a bitset and as
-    /// a list), and the first provider (file order) one of whose markers occurs.
-    fn phrases_in(&self, text: &str) -> (Vec<u64>, Vec<u32>, Option<u16>) {
-        let mut seen = vec![0u64; self.phrase_count.div_ceil(64).max(1)];
-        let mut found = Vec::new();
+    /// One pass of the automaton: marks in `seen` the phrases that occur in `text` and
+    /// in `candidates` the rules that name them; returns the first provider (file
+    /// order) one of whose markers occurs.
+    fn phrases_in(&self, text: &str, seen: &mut [u64], candidates: &mut [u64]) -> Option<u16> {
         let mut marked: Option<u16> = None;
         for m in self.phrases.find_overlapping_iter(text) {
-            let id = m.pattern().as_usize();
-            if seen[id / 64] & (1 << (id % 64)) == 0 {
-                seen[id / 64] |= 1 << (id % 64);
-                found.push(id as u32);
-                if let Some(p) = self.marker_of[id] {
+            let id = m.pattern().as_u32();
+            if !has(seen, id) {
+                set(seen, id);
+                for &ri in &self.rules_of_phrase[id as usize] {
+                    set(candidates, ri);
+                }
+                if let Some(p) = self.marker_of[id as usize] {
                     marked = Some(marked.map_or(p, |b| b.min(p)));
                 }
             }
         }
-        (seen, found, marked)
+        marked
     }
 
     /// The provider: from `--mx`, else the wrapper's remote host, else the host the
@@ -321,8 +331,44 @@ impl Engine {
     }
 }
 
-fn has(seen: &[u64], id: u32) -> bool {
-    seen[id as usize / 64] & (1 << (id % 64)) != 0
+/// Bitset words kept on the stack: 1,024 bits, room for the embedded phrases and rules.
+const STACK_WORDS: usize = 16;
+
+/// A zeroed bitset of `bits` bits: in `stack` when it fits, else in `heap`.
+fn bitset<'a>(
+    stack: &'a mut [u64; STACK_WORDS],
+    heap: &'a mut Vec<u64>,
+    bits: usize,
+) -> &'a mut [u64] {
+    let words = bits.div_ceil(64).max(1);
+    if words <= STACK_WORDS {
+        &mut stack[..words]
+    } else {
+        heap.resize(words, 0);
+        heap
+    }
+}
+
+fn has(bits: &[u64], id: u32) -> bool {
+    bits[id as usize / 64] & (1 << (id % 64)) != 0
+}
+
+fn set(bits: &mut [u64], id: u32) {
+    bits[id as usize / 64] |= 1 << (id % 64);
+}
+
+/// The set bits' indices, ascending.
+fn set_bits(bits: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    bits.iter().enumerate().flat_map(|(w, &word)| {
+        let mut rest = word;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                w * 64 + bit
+            })
+        })
+    })
 }
 
 fn bucket_of(e: Option<EnhancedCode>) -> usize {
