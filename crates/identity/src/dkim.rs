@@ -109,7 +109,7 @@ fn der_item(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 
 /// The verdict on one selector's key record.
 pub fn key_verdict(selector: &str, name: &str, answer: &Answer<crate::dns::TxtSet>) -> CheckResult {
-    let id = format!("dkim.key.{selector}");
+    let id = format!("dkim.key[{selector}]");
     let records: Vec<String> = match answer {
         Answer::Found(set) => set.records.iter().map(|r| r.text()).collect(),
         Answer::Failed(e) => {

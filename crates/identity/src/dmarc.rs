@@ -349,12 +349,12 @@ pub fn microsoft_bulk_sender(checks: &[CheckResult]) -> CheckResult {
             return;
         }
         for c in items {
-            evidence.push(format!("{}: {}", c.id, c.status));
+            evidence.push(format!("{}: {}", c.key(), c.status));
             let unknown = c.status == Status::Warn
                 && (c.id == "dkim.key" || c.id.starts_with("spf.authorized"));
             if c.status == Status::Fail || unknown {
                 worst = worst.max(c.status);
-                fixes.push(c.id.clone());
+                fixes.push(c.key());
             }
         }
     };
@@ -424,13 +424,13 @@ mod tests {
     #[test]
     fn bulk_sender_fails_when_spf_fails() {
         let checks = vec![
-            CheckResult::new("spf.authorized.192.0.2.1", Status::Fail, ""),
+            CheckResult::new("spf.authorized[192.0.2.1]", Status::Fail, ""),
             CheckResult::new("dkim.key.s1", Status::Pass, ""),
             CheckResult::new("dmarc.record", Status::Pass, ""),
         ];
         assert_eq!(microsoft_bulk_sender(&checks).status, Status::Fail);
         let checks = vec![
-            CheckResult::new("spf.authorized.192.0.2.1", Status::Pass, ""),
+            CheckResult::new("spf.authorized[192.0.2.1]", Status::Pass, ""),
             CheckResult::new("dkim.key.s1", Status::Pass, ""),
             CheckResult::new("dmarc.record", Status::Pass, ""),
         ];

@@ -1,4 +1,4 @@
-//! Host identity: the domain's MX (`mx`), each egress IP's reverse DNS (`rdns.<ip>`) and the
+//! Host identity: the domain's MX (`mx`), each egress IP's reverse DNS (`rdns`, one per IP) and the
 //! EHLO name (`helo`). Microsoft and most large receivers distrust IPs without a
 //! forward-confirmed PTR and EHLO names that do not match it.
 
@@ -152,7 +152,7 @@ pub async fn check_ips(dns: &Dns, ips: &[IpAddr], helo: Option<&str>) -> Vec<Che
 
 /// The verdict on one IP's reverse DNS.
 pub fn rdns_verdict(ip: IpAddr, r: &Rdns) -> CheckResult {
-    let id = format!("rdns.{ip}");
+    let id = format!("rdns[{ip}]");
     match &r.ptr {
         Answer::Failed(_) => CheckResult::new(id, Status::Warn, format!("PTR of {ip} could not be looked up"))
             .evidence(r.evidence.clone())

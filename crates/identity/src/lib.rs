@@ -6,8 +6,8 @@
 //! server or a test.
 //!
 //! Check ids: `spf.record`, `spf.lookups` (with the per-include tree), `spf.void`, `spf.size`,
-//! `spf.authorized.<ip>`, `dkim.key.<selector>`, `dkim.signature`, `dkim.alignment`,
-//! `dmarc.record`, `dmarc.policy`, `dmarc.reporting`, `mx`, `rdns.<ip>`, `helo`, `mta-sts`,
+//! `spf.authorized[<ip>]`, `dkim.key[<selector>]`, `dkim.signature`, `dkim.alignment`,
+//! `dmarc.record`, `dmarc.policy`, `dmarc.reporting`, `mx`, `rdns[<ip>]`, `helo`, `mta-sts`,
 //! `tls-rpt`, `microsoft.bulk-sender`, `blocklist.<zone>[<ip or domain>]`.
 //!
 //! Knowledge as data: the blocklist zones and their return codes are `data/dnsbl.toml`

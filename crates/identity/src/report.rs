@@ -30,8 +30,12 @@ impl std::fmt::Display for Status {
 /// One check's verdict with the evidence it rests on and the fix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
-    /// Stable identifier, e.g. `spf.lookups` or `blocklist.zen.spamhaus.org`.
+    /// Stable identifier, e.g. `spf.lookups`, `rdns` or `blocklist.zen.spamhaus.org`.
     pub id: String,
+    /// What the check is about when it runs once per thing: the IP for `rdns` and
+    /// `spf.authorized`, the selector for `dkim.key`, the IP or domain for `blocklist.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// pass, warn or fail.
     pub status: Status,
     /// One line a person can read.
@@ -43,14 +47,31 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    /// A result with no evidence and no fix yet.
+    /// A result with no evidence and no fix yet. An id written `base[subject]` (see
+    /// [`CheckResult::key`]) is split into `id` and `subject`.
     pub fn new(id: impl Into<String>, status: Status, summary: impl Into<String>) -> Self {
+        let key: String = id.into();
+        let (id, subject) = match key.split_once('[') {
+            Some((base, rest)) if rest.ends_with(']') => {
+                (base.to_string(), Some(rest[..rest.len() - 1].to_string()))
+            }
+            _ => (key, None),
+        };
         CheckResult {
-            id: id.into(),
+            id,
+            subject,
             status,
             summary: summary.into(),
             evidence: Vec::new(),
             fix: String::new(),
+        }
+    }
+
+    /// The id with its subject, unique within a report: `rdns[192.0.2.10]`, `spf.lookups`.
+    pub fn key(&self) -> String {
+        match &self.subject {
+            Some(s) => format!("{}[{s}]", self.id),
+            None => self.id.clone(),
         }
     }
 
@@ -90,9 +111,10 @@ impl Report {
             .unwrap_or(Status::Pass)
     }
 
-    /// The check with this id, if any.
-    pub fn get(&self, id: &str) -> Option<&CheckResult> {
-        self.checks.iter().find(|c| c.id == id)
+    /// The check with this key (`spf.lookups`, `rdns[192.0.2.10]`; see
+    /// [`CheckResult::key`]), if any.
+    pub fn get(&self, key: &str) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.key() == key)
     }
 }
 

@@ -957,7 +957,7 @@ pub async fn check_authorized(
 
 /// The verdict for one IP's SPF result.
 pub fn authorized_verdict(domain: &str, ip: IpAddr, result: SpfResult) -> CheckResult {
-    let id = format!("spf.authorized.{ip}");
+    let id = format!("spf.authorized[{ip}]");
     let word = result.to_string().to_ascii_lowercase();
     let evidence = vec![format!(
         "SPF check_host({ip}, {domain}) = {word} (evaluated by mail-auth)"

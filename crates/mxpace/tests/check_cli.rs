@@ -44,13 +44,19 @@ fn json(out: &Output) -> Value {
     })
 }
 
-fn check_status<'a>(report: &'a Value, id: &str) -> &'a str {
+/// `key` is an id, or `id[subject]` for checks made once per IP, selector or domain
+/// (the JSON carries those as `"id"` and `"subject"`).
+fn check_status<'a>(report: &'a Value, key: &str) -> &'a str {
+    let (id, subject) = match key.split_once('[') {
+        Some((id, rest)) => (id, Some(rest.trim_end_matches(']'))),
+        None => (key, None),
+    };
     report["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no {id}"))["status"]
+        .find(|c| c["id"] == id && c["subject"].as_str() == subject)
+        .unwrap_or_else(|| panic!("no {key}"))["status"]
         .as_str()
         .unwrap()
 }
@@ -178,13 +184,13 @@ fn json_report_has_every_check_and_exit_code_follows_failures() {
         "spf.lookups",
         "spf.void",
         "spf.size",
-        "spf.authorized.192.0.2.10",
-        "dkim.key.s1",
+        "spf.authorized[192.0.2.10]",
+        "dkim.key[s1]",
         "dmarc.record",
         "dmarc.policy",
         "dmarc.reporting",
         "mx",
-        "rdns.192.0.2.11",
+        "rdns[192.0.2.11]",
         "helo",
         "mta-sts",
         "tls-rpt",

@@ -254,7 +254,7 @@ fn print_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             out,
             "{:<4}  {}  {}",
             c.status.to_string().to_uppercase(),
-            c.id,
+            c.key(),
             c.summary
         )?;
         if c.status != Status::Pass {
