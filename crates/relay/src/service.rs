@@ -318,12 +318,7 @@ pub async fn finish_attempt(
             failed.push(FailedRecipient {
                 address: address.clone(),
                 orcpt: orcpt.clone(),
-                status: dsn::status_for(
-                    verdict.as_ref().and_then(|v| v.enhanced.as_deref()),
-                    verdict.as_ref().and_then(|v| v.code),
-                    &reply,
-                    kind,
-                ),
+                status: dsn::status_for(verdict.as_ref(), kind),
                 kind,
                 diagnostic: Some(reply),
                 remote_mta: ctx.mx_host.clone(),
