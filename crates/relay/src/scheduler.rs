@@ -309,7 +309,8 @@ impl Scheduler {
         service::finish_attempt(&self.shared, &job.queue_id, results, ctx).await;
     }
 
-    /// Send one job on an open session. Returns false when the session broke.
+    /// Send one job on an open session. Returns false when the session broke or
+    /// the receiver announced it is closing it (421).
     async fn deliver(
         &self,
         session: &mut Session,
@@ -352,6 +353,9 @@ impl Scheduler {
         ctx.tls = session.tls;
         match session.send(&msg.sender, &rcpts, &body).await {
             Ok(result) => {
+                // 421 means the receiver is closing the channel (RFC 5321 §3.8):
+                // the session cannot carry the next message.
+                let closing = result.per_recipient.iter().any(|r| r.code == 421);
                 let mx = ctx.mx_host.clone();
                 let results: Vec<(usize, RcptResult)> = job
                     .rcpts
@@ -376,7 +380,7 @@ impl Scheduler {
                     })
                     .collect();
                 service::finish_attempt(&self.shared, &job.queue_id, results, &ctx).await;
-                true
+                !closing
             }
             Err(e) => {
                 self.shared.gate.record(GateOutcome {
