@@ -226,6 +226,9 @@ pub async fn finish_attempt(
     results: Vec<(usize, RcptResult)>,
     ctx: &AttemptContext,
 ) {
+    // Time from the reply to its durable record: the window in which a crash
+    // makes the message be sent again (RFC 1047).
+    let started = std::time::Instant::now();
     let now = now_ms();
     let Some(mut msg) = shared.queue().get(queue_id).cloned() else {
         return;
@@ -326,6 +329,11 @@ pub async fn finish_attempt(
         }
     }
     commit_and_notify(shared, msg, &released, failed, events, now).await;
+    tracing::debug!(
+        queue_id,
+        commit_us = started.elapsed().as_micros() as u64,
+        "attempt outcome committed"
+    );
 }
 
 /// Persist `msg`'s new state (or remove it when done), queue a DSN for
