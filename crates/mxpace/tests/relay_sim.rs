@@ -186,17 +186,23 @@ const PY_SEND_ONE: &str = r#"
 import smtplib, sys
 host, port, sender, rcpt, mid = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 msg = "From: %s\r\nTo: %s\r\nMessage-ID: %s\r\nSubject: sim test\r\n\r\nhello\r\n" % (sender, rcpt, mid)
+opts = sys.argv[6].split() if len(sys.argv) > 6 else []
 s = smtplib.SMTP(host, port, timeout=20)
-s.sendmail(sender, [rcpt], msg)
+s.sendmail(sender, [rcpt], msg, rcpt_options=opts)
 s.quit()
 "#;
 
 /// Submit one message through the relay with Python's smtplib.
 fn submit(relay: &Relay, rcpt: &str, message_id: &str) {
+    submit_with(relay, rcpt, message_id, "");
+}
+
+/// Submit with RCPT parameters (space-separated, e.g. `NOTIFY=NEVER`).
+fn submit_with(relay: &Relay, rcpt: &str, message_id: &str, rcpt_options: &str) {
     let out = Command::new("python3")
         .args(["-c", PY_SEND_ONE, "127.0.0.1"])
         .arg(relay.smtp.port().to_string())
-        .args(["app@origin.test", rcpt, message_id])
+        .args(["app@origin.test", rcpt, message_id, rcpt_options])
         .output()
         .expect("python3 is needed as a submitting client");
     assert!(
@@ -274,6 +280,39 @@ fn a_5xx_bounces_with_a_dsn_carrying_the_enhanced_code() {
     assert_eq!(dsn.len(), 1);
     // The status comes from the classifier's enhanced code.
     assert_eq!(dsn[0]["extra"]["status"], "5.1.1");
+}
+
+#[test]
+fn notify_never_suppresses_the_bounce_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(dir.path());
+    let relay = Relay::start(dir.path(), &config(sim.addr, FAST_RETRY));
+    let rcpt = "550@example.test";
+    submit_with(&relay, rcpt, "<never-1@origin.test>", "NOTIFY=NEVER");
+    // A second bounce that asks for failure notices: its DSN proves DSNs flow.
+    submit_with(
+        &relay,
+        rcpt,
+        "<failure-1@origin.test>",
+        "NOTIFY=FAILURE,DELAY",
+    );
+    wait_until("the NOTIFY=FAILURE DSN", Duration::from_secs(30), || {
+        !sim.accepted_for("app@origin.test").is_empty()
+    });
+    wait_until("both bounced", Duration::from_secs(30), || {
+        relay.events_for(rcpt, "attempt").len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        relay
+            .events_for(rcpt, "attempt")
+            .iter()
+            .all(|e| e["outcome"] == "bounced")
+    );
+    let dsn = relay.events_for(rcpt, "dsn");
+    assert_eq!(dsn.len(), 1, "only the NOTIFY=FAILURE message gets a DSN");
+    assert_eq!(dsn[0]["message_id"], "<failure-1@origin.test>");
+    assert_eq!(sim.accepted_for("app@origin.test").len(), 1);
 }
 
 #[test]
