@@ -444,6 +444,34 @@ async fn commit_and_notify(
     }
 }
 
+/// Forget idempotency keys older than `idempotency_retention`, now and then
+/// (a quarter of the retention, between 250 ms and an hour). Runs until dropped.
+pub async fn prune_idempotency_keys(shared: Arc<Shared>) {
+    let retention = shared.config.relay.idempotency_retention;
+    let every = (retention / 4).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(3600),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        let before_ms = now_ms() - retention.as_millis() as i64;
+        match shared
+            .spool
+            .commit(vec![SpoolOp::PruneIdempotency { before_ms }])
+            .await
+        {
+            Ok(r) => {
+                if let Some(OpResult::Pruned(n)) = r.first()
+                    && *n > 0
+                {
+                    tracing::info!("forgot {n} idempotency key(s) older than {retention:?}");
+                }
+            }
+            Err(e) => tracing::warn!("pruning idempotency keys: {e}"),
+        }
+    }
+}
+
 /// What an operator did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
