@@ -4,8 +4,8 @@
 //! is killed by a Drop guard; every port is picked free (port 0).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -109,6 +109,7 @@ impl Sim {
 struct Relay {
     guard: Option<Guard>,
     smtp: SocketAddr,
+    http: Option<SocketAddr>,
     dir: PathBuf,
 }
 
@@ -132,11 +133,14 @@ impl Relay {
         let stdout = child.stdout.take().unwrap();
         let guard = Guard(child);
         let mut smtp = None;
+        let mut http = None;
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(a) = line.strip_prefix("smtp ") {
                 smtp = Some(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("http ") {
+                http = Some(a.parse().unwrap());
             } else if line == "ready" {
                 break;
             }
@@ -145,6 +149,7 @@ impl Relay {
         Relay {
             guard: Some(guard),
             smtp: smtp.expect("relay printed no smtp address (did it fail to start?)"),
+            http,
             dir: dir.to_owned(),
         }
     }
@@ -355,6 +360,53 @@ fn dropped_and_421_at_data_sessions_are_retried_never_bounced() {
         assert_eq!(dsn[0]["extra"]["status"], "4.4.7");
     }
     assert_eq!(sim.accepted_for("app@origin.test").len(), 2);
+}
+
+/// POST a message to the relay's HTTP endpoint with `Idempotency-Key: key`.
+fn post(http: SocketAddr, key: &str, json: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nIdempotency-Key: {key}\r\n\
+         Content-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).expect("JSON answer")
+}
+
+#[test]
+fn idempotency_keys_are_forgotten_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(dir.path());
+    let relay = Relay::start(
+        dir.path(),
+        &config(
+            sim.addr,
+            &format!("http = \"127.0.0.1:0\"\nidempotency_retention = \"2s\"\n{FAST_RETRY}"),
+        ),
+    );
+    let http = relay.http.expect("relay printed its http address");
+    let msg = r#"{"from":"app@origin.test","to":["idem@example.test"],"message":"Message-ID: <idem-1@origin.test>\nSubject: idem\n\nhello\n"}"#;
+    let first = post(http, "order-7", msg);
+    let second = post(http, "order-7", msg);
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(second["duplicate"], true, "within the retention: {second}");
+    assert_eq!(first["queue_id"], second["queue_id"]);
+    // Past the retention (2 s) and a pruning round (every 500 ms) the key is free.
+    std::thread::sleep(Duration::from_millis(3000));
+    let third = post(http, "order-7", msg);
+    assert_eq!(third["duplicate"], false, "after the retention: {third}");
+    assert_ne!(first["queue_id"], third["queue_id"]);
+    wait_until("both copies delivered", Duration::from_secs(20), || {
+        sim.accepted_for("idem@example.test").len() == 2
+    });
 }
 
 /// Submits `n` messages over `conns` connections; prints each Message-ID the
