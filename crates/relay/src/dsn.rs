@@ -78,7 +78,14 @@ pub fn build_failure_dsn(
     for f in failed {
         status.push_str("\r\n");
         if let Some(o) = &f.orcpt {
-            status.push_str(&format!("Original-Recipient: {}\r\n", one_line(o)));
+            // RFC 3464 §2.3.2 wants `type; address`; ingress keeps ORCPT decoded
+            // without its type (smtp-proto accepts only rfc822).
+            let o = if o.contains(';') {
+                one_line(o)
+            } else {
+                format!("rfc822; {}", one_line(o))
+            };
+            status.push_str(&format!("Original-Recipient: {o}\r\n"));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
         status.push_str("Action: failed\r\n");
@@ -206,7 +213,7 @@ mod tests {
         };
         let failed = [FailedRecipient {
             address: "u@x.test".into(),
-            orcpt: Some("rfc822;U@x.test".into()),
+            orcpt: Some("U@x.test".into()),
             status: status_for(
                 Some(&mxpace_reply::explain("550 5.1.1 no such user", None)),
                 FailureKind::Bounced,
@@ -230,6 +237,10 @@ mod tests {
                 || text.contains("report-type=delivery-status")
         );
         assert!(text.contains("Final-Recipient: rfc822; u@x.test"));
+        assert!(
+            text.contains("Original-Recipient: rfc822; U@x.test"),
+            "{text}"
+        );
         assert!(text.contains("Status: 5.1.1"));
         assert!(text.contains("Original-Envelope-Id: ENV1"));
         assert!(text.contains("Subject: hi"));
