@@ -95,6 +95,14 @@ pub struct RelaySection {
     /// Who receives DSNs' From (the DSN's author); `MAILER-DAEMON@hostname` by default.
     #[serde(default)]
     pub postmaster: Option<String>,
+    /// How long an HTTP idempotency key is remembered, counted from the
+    /// message's reception (default 72h, the default max age).
+    #[serde(default = "default_idempotency_retention", with = "duration_str")]
+    pub idempotency_retention: Duration,
+}
+
+fn default_idempotency_retention() -> Duration {
+    Duration::from_secs(72 * 3600)
 }
 
 fn default_hostname() -> String {

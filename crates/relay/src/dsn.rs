@@ -4,6 +4,7 @@ use crate::spool::QueuedMessage;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
+use mxpace_reply::Verdict;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
@@ -77,7 +78,14 @@ pub fn build_failure_dsn(
     for f in failed {
         status.push_str("\r\n");
         if let Some(o) = &f.orcpt {
-            status.push_str(&format!("Original-Recipient: {}\r\n", one_line(o)));
+            // RFC 3464 §2.3.2 wants `type; address`; ingress keeps ORCPT decoded
+            // without its type (smtp-proto accepts only rfc822).
+            let o = if o.contains(';') {
+                one_line(o)
+            } else {
+                format!("rfc822; {}", one_line(o))
+            };
+            status.push_str(&format!("Original-Recipient: {o}\r\n"));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
         status.push_str("Action: failed\r\n");
@@ -154,43 +162,22 @@ fn one_line(text: &str) -> String {
     s
 }
 
-/// The RFC 3463 status for a DSN: the enhanced code (from the verdict, else
-/// read from the reply's first line) when it is of class 5, else the basic
-/// code's class with `.0.0`. Expiry is always 4.4.7.
-pub fn status_for(
-    enhanced: Option<&str>,
-    code: Option<u16>,
-    reply: &str,
-    kind: FailureKind,
-) -> String {
+/// The RFC 3463 status for a DSN: the classifier's enhanced code when it is
+/// of class 5, else the basic code's class with `.0.0`. Expiry is always 4.4.7.
+pub fn status_for(verdict: Option<&Verdict>, kind: FailureKind) -> String {
     if kind == FailureKind::Expired {
         // RFC 3463 §3.5: 4.4.7 "Delivery time expired".
         return "4.4.7".into();
     }
-    let found = enhanced.map(str::to_owned).or_else(|| enhanced_in(reply));
-    if let Some(e) = found
+    if let Some(e) = verdict.and_then(|v| v.enhanced.as_deref())
         && e.starts_with('5')
     {
-        return e;
+        return e.to_owned();
     }
-    match code.or_else(|| reply.get(..3).and_then(|c| c.parse().ok())) {
+    match verdict.and_then(|v| v.code) {
         Some(c) if c >= 500 => format!("{}.0.0", c / 100),
         _ => "5.0.0".into(),
     }
-}
-
-/// The enhanced status code written after the basic code on a reply's first
-/// line (`550 5.1.1 …` → `5.1.1`), exactly as written.
-pub fn enhanced_in(reply: &str) -> Option<String> {
-    let first = reply.lines().next()?;
-    let token = first.get(4..)?.split_whitespace().next()?;
-    let mut parts = token.split('.');
-    let (c, s, d) = (parts.next()?, parts.next()?, parts.next()?);
-    let digits = |p: &str, max: usize| {
-        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
-    };
-    (parts.next().is_none() && matches!(c, "2" | "4" | "5") && digits(s, 3) && digits(d, 3))
-        .then(|| token.to_owned())
 }
 
 #[cfg(test)]
@@ -226,11 +213,9 @@ mod tests {
         };
         let failed = [FailedRecipient {
             address: "u@x.test".into(),
-            orcpt: Some("rfc822;U@x.test".into()),
+            orcpt: Some("U@x.test".into()),
             status: status_for(
-                None,
-                Some(550),
-                "550 5.1.1 no such user",
+                Some(&mxpace_reply::explain("550 5.1.1 no such user", None)),
                 FailureKind::Bounced,
             ),
             kind: FailureKind::Bounced,
@@ -252,6 +237,10 @@ mod tests {
                 || text.contains("report-type=delivery-status")
         );
         assert!(text.contains("Final-Recipient: rfc822; u@x.test"));
+        assert!(
+            text.contains("Original-Recipient: rfc822; U@x.test"),
+            "{text}"
+        );
         assert!(text.contains("Status: 5.1.1"));
         assert!(text.contains("Original-Envelope-Id: ENV1"));
         assert!(text.contains("Subject: hi"));
@@ -259,5 +248,25 @@ mod tests {
             !text.contains("body\r\n--"),
             "RET=HDRS returns headers only"
         );
+    }
+
+    #[test]
+    fn dsn_status_comes_from_the_classifier() {
+        let status =
+            |reply: &str, kind| status_for(Some(&mxpace_reply::explain(reply, None)), kind);
+        assert_eq!(
+            status("550 5.7.1 Service unavailable", FailureKind::Bounced),
+            "5.7.1"
+        );
+        assert_eq!(
+            status("554 Transaction failed", FailureKind::Bounced),
+            "5.0.0"
+        );
+        assert_eq!(status("552 message too big", FailureKind::Bounced), "5.0.0");
+        assert_eq!(
+            status("451 4.7.500 Server busy", FailureKind::Expired),
+            "4.4.7"
+        );
+        assert_eq!(status_for(None, FailureKind::Operator), "5.0.0");
     }
 }

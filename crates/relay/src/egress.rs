@@ -44,6 +44,64 @@ pub struct Session {
     clean: bool,
 }
 
+/// RFC 3461 DSN parameters of one transaction, passed on to a next hop that
+/// advertises DSN (and left out for one that does not).
+#[derive(Debug, Clone, Default)]
+pub struct DsnParams {
+    /// ENVID, as the submitter gave it (decoded).
+    pub env_id: Option<String>,
+    /// RET=FULL was asked for (RET=HDRS or nothing otherwise).
+    pub ret_full: bool,
+    /// Per recipient, in the order of the recipients: NOTIFY bits (smtp-proto
+    /// `RCPT_NOTIFY_*`, 0 = not given) and ORCPT (decoded, without `rfc822;`).
+    pub recipients: Vec<(u64, Option<String>)>,
+}
+
+/// RFC 3461 §4 xtext: printable ASCII except `+` and `=` as is, the rest as `+XX`.
+/// Hand-written: smtp-proto only decodes xtext.
+fn xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The NOTIFY parameter value for smtp-proto's flag bits (None when not given).
+fn notify_value(flags: u64) -> Option<String> {
+    if flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
+        return Some("NEVER".into());
+    }
+    let words: Vec<&str> = [
+        (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+        (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+        (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, w)| *w)
+    .collect();
+    (!words.is_empty()).then(|| words.join(","))
+}
+
+/// The RCPT command for recipient `i`, with DSN parameters when `dsn_ok`.
+fn rcpt_command(address: &str, i: usize, dsn: &DsnParams, dsn_ok: bool) -> String {
+    let mut cmd = format!("RCPT TO:<{address}>");
+    if dsn_ok && let Some((flags, orcpt)) = dsn.recipients.get(i) {
+        if let Some(n) = notify_value(*flags) {
+            cmd.push_str(&format!(" NOTIFY={n}"));
+        }
+        if let Some(o) = orcpt.as_deref().filter(|o| !o.is_empty()) {
+            cmd.push_str(&format!(" ORCPT=rfc822;{}", xtext(o)));
+        }
+    }
+    cmd
+}
+
 /// What the server said about each recipient of one transaction.
 #[derive(Debug, Clone)]
 pub struct TransactionResult {
@@ -172,6 +230,7 @@ impl Session {
         sender: &str,
         recipients: &[String],
         body: &[u8],
+        dsn: &DsnParams,
     ) -> Result<TransactionResult, SessionError> {
         if !self.clean {
             let r = self.command("RSET").await?;
@@ -192,12 +251,22 @@ impl Session {
         if utf8 && caps & smtp_proto::EXT_SMTP_UTF8 != 0 {
             mail.push_str(" SMTPUTF8");
         }
+        let dsn_ok = caps & smtp_proto::EXT_DSN != 0;
+        if dsn_ok {
+            if dsn.ret_full {
+                mail.push_str(" RET=FULL");
+            }
+            if let Some(id) = dsn.env_id.as_deref().filter(|i| !i.is_empty()) {
+                mail.push_str(&format!(" ENVID={}", xtext(id)));
+            }
+        }
         let pipelining = caps & smtp_proto::EXT_PIPELINING != 0;
         let (mail_reply, rcpt_replies, data_reply) = if pipelining {
             // RFC 2920: MAIL, every RCPT and DATA in one write, then the replies in order.
             let mut batch = format!("{mail}\r\n");
-            for r in recipients {
-                batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
+            for (i, r) in recipients.iter().enumerate() {
+                batch.push_str(&rcpt_command(r, i, dsn, dsn_ok));
+                batch.push_str("\r\n");
             }
             batch.push_str("DATA\r\n");
             timed(
@@ -218,8 +287,8 @@ impl Session {
             let mut rcpts = Vec::new();
             let mut data = None;
             if mail_reply.is_positive() {
-                for r in recipients {
-                    rcpts.push(self.command(&format!("RCPT TO:<{r}>")).await?);
+                for (i, r) in recipients.iter().enumerate() {
+                    rcpts.push(self.command(&rcpt_command(r, i, dsn, dsn_ok)).await?);
                 }
                 if rcpts.iter().any(Reply::is_positive) {
                     data = Some(self.command("DATA").await?);
@@ -306,5 +375,130 @@ impl Session {
             let _ = read_reply(&mut self.io).await;
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    #[test]
+    fn xtext_encodes_plus_equals_and_non_printables() {
+        assert_eq!(xtext("Bob@Example.COM"), "Bob@Example.COM");
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext("é"), "+C3+A9");
+    }
+
+    #[test]
+    fn notify_words_follow_the_flags() {
+        use smtp_proto::{RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER};
+        assert_eq!(notify_value(0), None);
+        assert_eq!(notify_value(RCPT_NOTIFY_NEVER).as_deref(), Some("NEVER"));
+        assert_eq!(
+            notify_value(RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY).as_deref(),
+            Some("FAILURE,DELAY")
+        );
+    }
+
+    /// A loopback receiver that advertises `ehlo_lines`, accepts everything and
+    /// returns the MAIL and RCPT commands it saw.
+    async fn receiver(
+        ehlo_lines: &'static str,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (conn, _) = l.accept().await.unwrap();
+            let (r, mut w) = conn.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            w.write_all(b"220 rx.test ESMTP\r\n").await.unwrap();
+            let mut seen = Vec::new();
+            let mut line = String::new();
+            let mut in_data = false;
+            while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                let cmd = line.trim_end().to_owned();
+                line.clear();
+                let reply: &[u8] = if in_data {
+                    if cmd != "." {
+                        continue;
+                    }
+                    in_data = false;
+                    b"250 2.0.0 queued\r\n"
+                } else if cmd.starts_with("EHLO") {
+                    ehlo_lines.as_bytes()
+                } else if cmd.starts_with("MAIL") || cmd.starts_with("RCPT") {
+                    seen.push(cmd);
+                    b"250 2.1.0 ok\r\n"
+                } else if cmd == "DATA" {
+                    in_data = true;
+                    b"354 go\r\n"
+                } else if cmd == "QUIT" {
+                    let _ = w.write_all(b"221 bye\r\n").await;
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                w.write_all(reply).await.unwrap();
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    async fn send_with_dsn(ehlo_lines: &'static str) -> Vec<String> {
+        let (addr, task) = receiver(ehlo_lines).await;
+        let mut s = Session::open(
+            addr,
+            None,
+            "mta.test",
+            "rx.test",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let dsn = DsnParams {
+            env_id: Some("env 1+2".into()),
+            ret_full: true,
+            recipients: vec![
+                (smtp_proto::RCPT_NOTIFY_NEVER, Some("Orig@x.test".into())),
+                (0, None),
+            ],
+        };
+        let rcpts = ["a@x.test".to_owned(), "b@x.test".to_owned()];
+        let r = s
+            .send("s@o.test", &rcpts, b"Subject: t\r\n\r\nhi\r\n", &dsn)
+            .await
+            .unwrap();
+        assert!(r.per_recipient.iter().all(|r| r.code == 250));
+        s.quit().await;
+        task.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn dsn_parameters_go_to_a_next_hop_that_advertises_dsn() {
+        let seen = send_with_dsn("250-rx.test\r\n250-PIPELINING\r\n250 DSN\r\n").await;
+        assert_eq!(
+            seen,
+            [
+                "MAIL FROM:<s@o.test> RET=FULL ENVID=env+201+2B2",
+                "RCPT TO:<a@x.test> NOTIFY=NEVER ORCPT=rfc822;Orig@x.test",
+                "RCPT TO:<b@x.test>",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn dsn_parameters_are_left_out_without_the_extension() {
+        let seen = send_with_dsn("250-rx.test\r\n250 PIPELINING\r\n").await;
+        assert_eq!(
+            seen,
+            [
+                "MAIL FROM:<s@o.test>",
+                "RCPT TO:<a@x.test>",
+                "RCPT TO:<b@x.test>"
+            ]
+        );
     }
 }

@@ -126,6 +126,9 @@ pub async fn start(config: Config, gate: Arc<dyn PacingGate>) -> anyhow::Result<
         .context("writing the admin address into the spool")?;
         tasks.push(tokio::spawn(http::serve(shared.clone(), l)));
     }
+    tasks.push(tokio::spawn(service::prune_idempotency_keys(
+        shared.clone(),
+    )));
     tasks.push(tokio::spawn(scheduler::run(
         shared.clone(),
         router,

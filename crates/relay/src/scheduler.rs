@@ -2,7 +2,7 @@
 //! per-domain workers that keep connections open and send several messages
 //! per session. The pacing gate is asked before each connection and message.
 
-use crate::egress::{Session, SessionError};
+use crate::egress::{DsnParams, Session, SessionError};
 use crate::gate::{GateDecision, GateOutcome, PathKey};
 use crate::queue::Job;
 use crate::routes::{RouteError, Router};
@@ -309,7 +309,8 @@ impl Scheduler {
         service::finish_attempt(&self.shared, &job.queue_id, results, ctx).await;
     }
 
-    /// Send one job on an open session. Returns false when the session broke.
+    /// Send one job on an open session. Returns false when the session broke or
+    /// the receiver announced it is closing it (421).
     async fn deliver(
         &self,
         session: &mut Session,
@@ -348,10 +349,22 @@ impl Scheduler {
             .iter()
             .filter_map(|&i| msg.recipients.get(i).map(|r| r.address.clone()))
             .collect();
+        let dsn = DsnParams {
+            env_id: msg.env_id.clone(),
+            ret_full: msg.ret_full,
+            recipients: job
+                .rcpts
+                .iter()
+                .filter_map(|&i| msg.recipients.get(i).map(|r| (r.notify, r.orcpt.clone())))
+                .collect(),
+        };
         let mut ctx = ctx.clone();
         ctx.tls = session.tls;
-        match session.send(&msg.sender, &rcpts, &body).await {
+        match session.send(&msg.sender, &rcpts, &body, &dsn).await {
             Ok(result) => {
+                // 421 means the receiver is closing the channel (RFC 5321 §3.8):
+                // the session cannot carry the next message.
+                let closing = result.per_recipient.iter().any(|r| r.code == 421);
                 let mx = ctx.mx_host.clone();
                 let results: Vec<(usize, RcptResult)> = job
                     .rcpts
@@ -376,7 +389,7 @@ impl Scheduler {
                     })
                     .collect();
                 service::finish_attempt(&self.shared, &job.queue_id, results, &ctx).await;
-                true
+                !closing
             }
             Err(e) => {
                 self.shared.gate.record(GateOutcome {

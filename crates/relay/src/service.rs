@@ -226,6 +226,9 @@ pub async fn finish_attempt(
     results: Vec<(usize, RcptResult)>,
     ctx: &AttemptContext,
 ) {
+    // Time from the reply to its durable record: the window in which a crash
+    // makes the message be sent again (RFC 1047).
+    let started = std::time::Instant::now();
     let now = now_ms();
     let Some(mut msg) = shared.queue().get(queue_id).cloned() else {
         return;
@@ -318,12 +321,7 @@ pub async fn finish_attempt(
             failed.push(FailedRecipient {
                 address: address.clone(),
                 orcpt: orcpt.clone(),
-                status: dsn::status_for(
-                    verdict.as_ref().and_then(|v| v.enhanced.as_deref()),
-                    verdict.as_ref().and_then(|v| v.code),
-                    &reply,
-                    kind,
-                ),
+                status: dsn::status_for(verdict.as_ref(), kind),
                 kind,
                 diagnostic: Some(reply),
                 remote_mta: ctx.mx_host.clone(),
@@ -331,6 +329,11 @@ pub async fn finish_attempt(
         }
     }
     commit_and_notify(shared, msg, &released, failed, events, now).await;
+    tracing::debug!(
+        queue_id,
+        commit_us = started.elapsed().as_micros() as u64,
+        "attempt outcome committed"
+    );
 }
 
 /// Persist `msg`'s new state (or remove it when done), queue a DSN for
@@ -437,6 +440,34 @@ async fn commit_and_notify(
                 }
                 q.update(old, released);
             }
+        }
+    }
+}
+
+/// Forget idempotency keys older than `idempotency_retention`, now and then
+/// (a quarter of the retention, between 250 ms and an hour). Runs until dropped.
+pub async fn prune_idempotency_keys(shared: Arc<Shared>) {
+    let retention = shared.config.relay.idempotency_retention;
+    let every = (retention / 4).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(3600),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        let before_ms = now_ms() - retention.as_millis() as i64;
+        match shared
+            .spool
+            .commit(vec![SpoolOp::PruneIdempotency { before_ms }])
+            .await
+        {
+            Ok(r) => {
+                if let Some(OpResult::Pruned(n)) = r.first()
+                    && *n > 0
+                {
+                    tracing::info!("forgot {n} idempotency key(s) older than {retention:?}");
+                }
+            }
+            Err(e) => tracing::warn!("pruning idempotency keys: {e}"),
         }
     }
 }

@@ -139,6 +139,16 @@ pub enum SpoolOp {
     Update(QueuedMessage),
     /// Forget a message (all recipients final); its idempotency key stays.
     Remove(String),
+    /// Forget idempotency keys recorded before this time (ms since the epoch);
+    /// answered with `Pruned(count)`.
+    PruneIdempotency { before_ms: i64 },
+}
+
+/// Whether an idempotency record pointing at `queue_id` was made before
+/// `before_ms`: queue ids are ULIDs, which carry their creation time. A value
+/// that is no ULID is kept.
+pub fn recorded_before(queue_id: &str, before_ms: i64) -> bool {
+    ulid::Ulid::from_string(queue_id).is_ok_and(|u| (u.timestamp_ms() as i64) < before_ms)
 }
 
 /// The result of one op.
@@ -147,6 +157,8 @@ pub enum OpResult {
     Done,
     /// The idempotency key was seen before, for this queue id.
     Duplicate(String),
+    /// This many idempotency keys were forgotten.
+    Pruned(u64),
 }
 
 struct Request {
@@ -344,6 +356,19 @@ fn apply_batch(db: &Database, batch: &mut [Request]) -> Result<Vec<Vec<OpResult>
                         bodies.remove(id.as_str()).map_err(write_err)?;
                         results.push(OpResult::Done);
                     }
+                    SpoolOp::PruneIdempotency { before_ms } => {
+                        let mut old = Vec::new();
+                        for item in idem.iter().map_err(write_err)? {
+                            let (k, v) = item.map_err(write_err)?;
+                            if recorded_before(v.value(), before_ms) {
+                                old.push(k.value().to_owned());
+                            }
+                        }
+                        for k in &old {
+                            idem.remove(k.as_str()).map_err(write_err)?;
+                        }
+                        results.push(OpResult::Pruned(old.len() as u64));
+                    }
                 }
             }
             all.push(results);
@@ -356,6 +381,43 @@ fn apply_batch(db: &Database, batch: &mut [Request]) -> Result<Vec<Vec<OpResult>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn idempotency_keys_older_than_the_cutoff_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let old_id = ulid::Ulid::from_parts(1_000, 7).to_string();
+        let new_id = ulid::Ulid::from_parts(5_000, 7).to_string();
+        for (id, key) in [(&old_id, "k-old"), (&new_id, "k-new")] {
+            let r = spool
+                .commit(vec![SpoolOp::Insert {
+                    message: msg(id, Some(key)),
+                    body: b"x".to_vec(),
+                }])
+                .await
+                .unwrap();
+            assert_eq!(r, [OpResult::Done]);
+        }
+        let r = spool
+            .commit(vec![SpoolOp::PruneIdempotency { before_ms: 3_000 }])
+            .await
+            .unwrap();
+        assert_eq!(r, [OpResult::Pruned(1)]);
+        // The old key is free again, the new one still guards against a resend.
+        let again = |id: &str, key: &str| SpoolOp::Insert {
+            message: msg(id, Some(key)),
+            body: b"x".to_vec(),
+        };
+        let fresh = ulid::Ulid::from_parts(6_000, 1).to_string();
+        let r = spool
+            .commit(vec![again(&fresh, "k-old"), again(&fresh, "k-new")])
+            .await
+            .unwrap();
+        assert_eq!(r, [OpResult::Done, OpResult::Duplicate(new_id.clone())]);
+        // The messages themselves are untouched by pruning.
+        assert_eq!(spool.load_all().unwrap().len(), 3);
+        assert!(!recorded_before("not-a-ulid", i64::MAX));
+    }
 
     fn msg(id: &str, key: Option<&str>) -> QueuedMessage {
         QueuedMessage {
