@@ -425,13 +425,13 @@ mod tests {
     fn bulk_sender_fails_when_spf_fails() {
         let checks = vec![
             CheckResult::new("spf.authorized[192.0.2.1]", Status::Fail, ""),
-            CheckResult::new("dkim.key.s1", Status::Pass, ""),
+            CheckResult::new("dkim.key[s1]", Status::Pass, ""),
             CheckResult::new("dmarc.record", Status::Pass, ""),
         ];
         assert_eq!(microsoft_bulk_sender(&checks).status, Status::Fail);
         let checks = vec![
             CheckResult::new("spf.authorized[192.0.2.1]", Status::Pass, ""),
-            CheckResult::new("dkim.key.s1", Status::Pass, ""),
+            CheckResult::new("dkim.key[s1]", Status::Pass, ""),
             CheckResult::new("dmarc.record", Status::Pass, ""),
         ];
         assert_eq!(microsoft_bulk_sender(&checks).status, Status::Pass);

@@ -210,7 +210,7 @@ fn json_report_has_every_check_and_exit_code_follows_failures() {
     ]);
     assert_eq!(out.status.code(), Some(1), "a failed check exits 1");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("FAIL  spf.authorized.192.0.2.10"), "{text}");
+    assert!(text.contains("FAIL  spf.authorized[192.0.2.10]"), "{text}");
     assert!(text.contains("fix: Add ip4:192.0.2.10"), "{text}");
 }
 
