@@ -2,8 +2,9 @@
 //! flight simulator) and `mxpace demo`.
 
 use anyhow::Context;
-use mxpace_pacing::PacingConfig;
+use mxpace_events::{Event, EventType};
 use mxpace_pacing::flight::{self, POLICIES, Report, scenario::SCENARIOS, scenario::Scenario};
+use mxpace_pacing::{PacingChange, PacingConfig, Trigger};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,6 +49,10 @@ struct FlightArgs {
     /// (default 1).
     #[arg(long, value_name = "SECS")]
     retry_penalty_secs: Option<f64>,
+    /// Also write mxpace's pacing changes of each run as events (JSONL, `type: "pacing"`),
+    /// timed from 2026-01-01T00:00:00Z as the simulation's start.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// A pacing config file overriding the built-in defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -110,12 +115,44 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let report = flight::run_all(&scenarios, &config, a.seed);
+    if let Some(path) = &a.events {
+        write_events(path, &scenarios, &config, a.seed)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report, &names);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix milliseconds of 2026-01-01T00:00:00Z, the simulated start in event files.
+const SIM_START_MS: u64 = 1_767_225_600_000;
+
+fn write_events(
+    path: &std::path::Path,
+    scenarios: &[Scenario],
+    config: &PacingConfig,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = mxpace_events::EventWriter::new(std::io::BufWriter::new(file));
+    for s in scenarios {
+        let mut p = flight::policy::Mxpace::new(config.clone(), s.ips).with_change_log();
+        flight::run(s, &mut p, seed);
+        for change in p.change_log() {
+            let mut change = change.clone();
+            change.at = mxpace_pacing::Moment(change.at.0 + SIM_START_MS);
+            let mut e = pacing_event(&change);
+            e.origin = Some(format!("flight-simulator:{}", s.name));
+            out.write(&e)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -181,4 +218,86 @@ fn print_table(r: &Report, order: &[&str]) {
 /// The one-command demo. Needs the relay and the receiver simulator, not landed yet.
 pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`mxpace demo` needs the relay, which is not built yet")
+}
+
+/// A change of a path's limits or state as an event of `type: "pacing"`, for the one
+/// event log. `change.at` is read as milliseconds since the Unix epoch (the relay's
+/// clock). The reply that moved the limits is in `reply` when a receiver's reply did;
+/// `extra` holds the trigger, the limits before and after, the states and the band.
+pub fn pacing_event(change: &PacingChange) -> Event {
+    // The event's time type comes from the events crate; start from the epoch through
+    // the schema itself (this crate does not name the time crate) and add the offset.
+    let mut e: Event = serde_json::from_value(serde_json::json!({
+        "type": "pacing", "time": "1970-01-01T00:00:00Z"
+    }))
+    .expect("a minimal pacing event matches the schema");
+    e.time += std::time::Duration::from_millis(change.at.0);
+    debug_assert_eq!(e.kind, EventType::Pacing);
+    e.source_ip = Some(change.path.source_ip);
+    e.provider = Some(change.path.provider.clone());
+    let from_reply = matches!(
+        change.trigger,
+        Trigger::SlowDown
+            | Trigger::Pause
+            | Trigger::StopSource
+            | Trigger::BreakerOpen
+            | Trigger::Band
+    ) && change
+        .reason
+        .get(..3)
+        .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()));
+    if from_reply {
+        e.reply = Some(change.reason.clone());
+    }
+    fn v<T: serde::Serialize>(x: &T) -> serde_json::Value {
+        serde_json::to_value(x).unwrap_or(serde_json::Value::Null)
+    }
+    e.extra.insert("trigger".into(), v(&change.trigger));
+    e.extra.insert("from".into(), v(&change.from));
+    e.extra.insert("to".into(), v(&change.to));
+    e.extra.insert("state_from".into(), v(&change.state_from));
+    e.extra.insert("state_to".into(), v(&change.state_to));
+    e.extra.insert("band".into(), v(&change.band));
+    e.extra.insert(
+        "reason".into(),
+        serde_json::Value::String(change.reason.clone()),
+    );
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mxpace_pacing::{Moment, Outcome, Pacing, Path};
+    use mxpace_reply::{Scope, Throttle, Verdict};
+
+    #[test]
+    fn a_cut_becomes_a_pacing_event_carrying_the_reply_that_moved_it() {
+        let mut p = Pacing::new(PacingConfig::builtin());
+        let path: Path = "192.0.2.10@microsoft".parse().unwrap();
+        let text = "451 4.7.500 Server busy. Please try again later from [192.0.2.10]. (S77714)";
+        let v = Verdict {
+            throttle: Throttle::SlowDown,
+            scope: Scope::SendingIp,
+            ips: vec!["192.0.2.10".parse().unwrap()],
+            text: text.into(),
+            ..Verdict::default()
+        };
+        // 2026-11-23T12:00:00Z
+        let at = Moment(1_795_435_200_000);
+        let changes = p.on_outcome(&path, Outcome::Deferred(&v), at);
+        let e = pacing_event(&changes[0]);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["type"], "pacing");
+        assert_eq!(json["time"], "2026-11-23T12:00:00Z");
+        assert_eq!(json["source_ip"], "192.0.2.10");
+        assert_eq!(json["provider"], "microsoft");
+        assert_eq!(json["reply"], text);
+        assert_eq!(json["extra"]["trigger"], "slow-down");
+        assert_eq!(json["extra"]["state_to"], "paused");
+        assert!(
+            json["extra"]["to"]["rate_per_min"].as_f64().unwrap()
+                < json["extra"]["from"]["rate_per_min"].as_f64().unwrap()
+        );
+    }
 }
