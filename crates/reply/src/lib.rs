@@ -3,34 +3,40 @@
 //!
 //! Pure code: no I/O, no clock. The relay, the simulator, the log readers and the
 //! analyzer all call [`explain`].
+//!
+//! - [`parse`] finds the reply (raw, flattened, Postfix, Exim, DSN, Exchange) and
+//!   returns a [`Reply`] with its [`EnhancedCode`] kept exactly;
+//! - [`provider_for_host`] maps a receiving MX host to a provider (`rules/providers.toml`);
+//! - [`Engine`] classifies with the rules in `rules/*.toml` (embedded, overridable).
 
+mod engine;
+mod extract;
+mod parse;
+mod provider;
+mod rules;
 mod verdict;
 
+pub use engine::Engine;
+pub use extract::{Extracted, extract};
+pub use parse::{EnhancedCode, NotAReply, Reply, Wrapper, parse, parse_bytes};
+pub use provider::{PROVIDERS, PROVIDERS_TOML, ProviderDef, provider_for_host};
+pub use rules::{CodePattern, EMBEDDED_RULES, EnhancedPattern, RuleDef, RulesError, parse_rules};
 pub use verdict::{Action, Category, Scope, Stage, Throttle, Verdict};
+
+use std::sync::LazyLock;
+
+/// The embedded rules, compiled once.
+static EMBEDDED: LazyLock<Engine> =
+    LazyLock::new(|| Engine::embedded().expect("embedded rules are valid (tested)"));
+
+/// The classifier built from the embedded rules.
+pub fn embedded_engine() -> &'static Engine {
+    &EMBEDDED
+}
 
 /// Parse and classify one reply. `mx` is the receiving host when known (it helps to
 /// recognise the provider). Never panics; input that is not an SMTP reply yields a
 /// verdict with `not_a_reply: true`.
 pub fn explain(reply: &str, mx: Option<&str>) -> Verdict {
-    // Placeholder until the rule engine lands: decide on the basic code only.
-    let _ = mx;
-    let code = reply
-        .trim_start()
-        .get(..3)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|c| (200..600).contains(c));
-    let action = match code {
-        Some(c) if c >= 500 => Action::Bounce,
-        Some(c) if c >= 400 => Action::Retry,
-        Some(_) => Action::Deliver,
-        None => Action::Retry,
-    };
-    Verdict {
-        code,
-        action,
-        not_a_reply: code.is_none(),
-        fallback: true,
-        rule: "basic-code".into(),
-        ..Verdict::default()
-    }
+    EMBEDDED.explain(reply, mx)
 }

@@ -1,0 +1,633 @@
+//! The streaming fold: events in, counts out. Pure — no clock, no I/O; time comes only
+//! from the events. State that grows with the log is counts per segment and per time
+//! window; state per message is kept only while the recipient is open (not yet delivered,
+//! bounced or expired) and is pruned past the maximum queue age.
+
+use crate::knowledge::{self, Providers};
+use mxpace_events::{Event, EventType, Outcome};
+use mxpace_reply::Verdict;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
+use time::OffsetDateTime;
+
+/// Settings of the analysis.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub providers: Providers,
+    /// Width of a time window, seconds.
+    pub window_secs: i64,
+    /// A retry sooner than this after a deferral is a retry storm, seconds. Postfix's
+    /// minimal backoff is 300 s and Exim's first retry 15 min; 60 s is well below both.
+    pub retry_storm_secs: i64,
+    /// How many examples to keep per anti-pattern, per incident and per template.
+    pub examples: usize,
+    /// Open state older than this is dropped (Postfix's default maximal_queue_lifetime is 5 d).
+    pub max_age_secs: i64,
+    /// Width of the bucket in which parallel sessions are counted, seconds.
+    pub session_bucket_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            providers: Providers::builtin(),
+            window_secs: 600,
+            retry_storm_secs: 60,
+            examples: 5,
+            max_age_secs: 5 * 86400,
+            session_bucket_secs: 10,
+        }
+    }
+}
+
+/// Attempts and deferrals of one segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub attempts: u64,
+    pub deferred: u64,
+}
+
+impl Counts {
+    /// deferred ÷ attempts (0 when there were none).
+    pub fn rate(&self) -> f64 {
+        if self.attempts == 0 {
+            0.0
+        } else {
+            self.deferred as f64 / self.attempts as f64
+        }
+    }
+
+    fn add(&mut self, deferred: bool) {
+        self.attempts += 1;
+        self.deferred += deferred as u64;
+    }
+
+    pub(crate) fn merge(&mut self, other: Counts) {
+        self.attempts += other.attempts;
+        self.deferred += other.deferred;
+    }
+}
+
+/// What a segment is cut by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dimension {
+    Provider,
+    /// Sending IP × provider: the unit receivers throttle.
+    Path,
+    SourceIp,
+    SenderDomain,
+    RecipientDomain,
+    MxHost,
+    /// Microsoft datacenter/region from the receiving host name (`namprd04`).
+    Region,
+    Stream,
+}
+
+impl Dimension {
+    /// All dimensions, in report order.
+    pub const ALL: [Dimension; 8] = [
+        Dimension::Provider,
+        Dimension::Path,
+        Dimension::SourceIp,
+        Dimension::SenderDomain,
+        Dimension::RecipientDomain,
+        Dimension::MxHost,
+        Dimension::Region,
+        Dimension::Stream,
+    ];
+
+    /// Name in JSON and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::Provider => "provider",
+            Dimension::Path => "path",
+            Dimension::SourceIp => "source_ip",
+            Dimension::SenderDomain => "sender_domain",
+            Dimension::RecipientDomain => "recipient_domain",
+            Dimension::MxHost => "mx_host",
+            Dimension::Region => "region",
+            Dimension::Stream => "stream",
+        }
+    }
+}
+
+/// The dimensions kept per provider and time window for triage.
+pub const CELL_DIMENSIONS: [Dimension; 5] = [
+    Dimension::SourceIp,
+    Dimension::SenderDomain,
+    Dimension::RecipientDomain,
+    Dimension::Region,
+    Dimension::Stream,
+];
+
+/// One deferral kept as evidence.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Sample {
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub queue_id: String,
+    pub recipient: String,
+    pub source_ip: Option<String>,
+    pub mx_host: Option<String>,
+    pub reply: String,
+}
+
+/// Counts of one provider in one time window.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    pub total: Counts,
+    /// Per [`CELL_DIMENSIONS`] entry: key → counts.
+    pub by: [HashMap<String, Counts>; 5],
+    pub samples: Vec<Sample>,
+}
+
+/// One reply template seen on deferrals or bounces.
+#[derive(Debug, Clone)]
+pub struct TemplateStats {
+    pub provider: String,
+    pub count: u64,
+    pub deferred: u64,
+    pub sample: Sample,
+    pub verdict: Verdict,
+}
+
+/// Occurrences of an anti-pattern.
+#[derive(Debug, Clone, Default)]
+pub struct AntiPattern {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+/// Anti-pattern kinds, as named in the JSON.
+pub const ANTI_PATTERNS: [&str; 4] = [
+    "bounce-after-4xx",
+    "retry-storm",
+    "duplicate-delivery",
+    "over-concurrency",
+];
+
+/// Upper bounds (seconds) of the age buckets used by queue health.
+pub const AGE_BUCKETS: [(i64, &str); 8] = [
+    (60, "< 1 min"),
+    (300, "1–5 min"),
+    (1800, "5–30 min"),
+    (7200, "30 min–2 h"),
+    (43200, "2–12 h"),
+    (86400, "12–24 h"),
+    (259200, "1–3 d"),
+    (i64::MAX, "≥ 3 d"),
+];
+
+/// Upper bounds of the attempt-count buckets.
+pub const RETRY_BUCKETS: [(u32, &str); 6] = [
+    (1, "1"),
+    (2, "2"),
+    (3, "3"),
+    (5, "4–5"),
+    (10, "6–10"),
+    (u32::MAX, "> 10"),
+];
+
+/// Retry age, retry count, time to deliver, expiries.
+#[derive(Debug, Clone, Default)]
+pub struct QueueHealth {
+    /// Age of the message at each deferral, by [`AGE_BUCKETS`].
+    pub retry_age: [u64; 8],
+    /// Attempts per recipient when it left the queue, by [`RETRY_BUCKETS`].
+    pub retry_count: [u64; 6],
+    /// Time from arrival (or first attempt) to delivery, by [`AGE_BUCKETS`].
+    pub time_to_deliver: [u64; 8],
+    pub delivered: u64,
+    pub bounced: u64,
+    pub expired: u64,
+    /// Deliveries whose arrival was not in the log (time measured from the first attempt).
+    pub delivered_without_arrival: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RecipientState {
+    first: OffsetDateTime,
+    last: OffsetDateTime,
+    attempts: u32,
+    deferrals: u32,
+    last_deferred: bool,
+    last_reply: String,
+}
+
+/// The fold over events.
+pub struct Analyzer {
+    pub(crate) config: Config,
+    pub(crate) segments: HashMap<Dimension, HashMap<String, Counts>>,
+    /// provider → window start (unix s) → cell.
+    pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
+    pub(crate) templates: HashMap<(String, String), TemplateStats>,
+    pub(crate) anti: [AntiPattern; 4],
+    pub(crate) health: QueueHealth,
+    pub(crate) first: Option<OffsetDateTime>,
+    pub(crate) last: Option<OffsetDateTime>,
+    pub(crate) out_of_order: u64,
+    pub(crate) events: u64,
+    pub(crate) held: u64,
+    open: HashMap<(String, String), RecipientState>,
+    arrivals: HashMap<String, OffsetDateTime>,
+    delivered: HashSet<u64>,
+    sessions: HashMap<(String, String, i64), HashSet<String>>,
+    flagged_sessions: HashSet<(String, String, i64)>,
+    hasher: std::collections::hash_map::RandomState,
+    since_prune: u64,
+    max_open: usize,
+}
+
+impl Analyzer {
+    /// An empty analysis.
+    pub fn new(config: Config) -> Self {
+        Analyzer {
+            config,
+            segments: HashMap::new(),
+            cells: HashMap::new(),
+            templates: HashMap::new(),
+            anti: Default::default(),
+            health: QueueHealth::default(),
+            first: None,
+            last: None,
+            out_of_order: 0,
+            events: 0,
+            held: 0,
+            open: HashMap::new(),
+            arrivals: HashMap::new(),
+            delivered: HashSet::new(),
+            sessions: HashMap::new(),
+            flagged_sessions: HashSet::new(),
+            hasher: Default::default(),
+            since_prune: 0,
+            max_open: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Recipients currently open (bounded by messages in flight).
+    pub fn open_recipients(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The most recipients that were open at once.
+    pub fn max_open(&self) -> usize {
+        self.max_open
+    }
+
+    /// Recipients whose last attempt was deferred and that have not left the queue.
+    pub fn still_deferred(&self) -> u64 {
+        self.open.values().filter(|s| s.last_deferred).count() as u64
+    }
+
+    /// Fold one event.
+    pub fn observe(&mut self, e: &Event) {
+        self.events += 1;
+        let t = e.time;
+        match self.last {
+            // Five minutes of slack: syslog from several hosts interleaves slightly.
+            Some(last) if (last - t).whole_seconds() > 300 => self.out_of_order += 1,
+            Some(last) if t <= last => {}
+            _ => self.last = Some(t),
+        }
+        if self.first.is_none_or(|f| t < f) {
+            self.first = Some(t);
+        }
+        match e.kind {
+            EventType::Received if !e.queue_id.is_empty() => {
+                self.arrivals.insert(e.queue_id.clone(), t);
+            }
+            EventType::Attempt => self.attempt(e),
+            EventType::Expired => {
+                self.health.expired += 1;
+                if let Some(state) = self.open.remove(&(e.queue_id.clone(), e.recipient.clone())) {
+                    self.count_retries(state.attempts);
+                }
+            }
+            EventType::Admin if e.outcome == Some(Outcome::Bounced) => {
+                let key = (e.queue_id.clone(), e.recipient.clone());
+                if let Some(state) = self.open.remove(&key) {
+                    if state.deferrals == 1 && state.last_deferred {
+                        let example = format!(
+                            "{} queue {} to {}: removed after a single deferral ({})",
+                            rfc3339(t),
+                            e.queue_id,
+                            e.recipient,
+                            state.last_reply
+                        );
+                        self.flag(0, example);
+                    }
+                    self.count_retries(state.attempts);
+                }
+            }
+            _ => {}
+        }
+        self.since_prune += 1;
+        if self.since_prune >= 100_000 {
+            self.prune();
+        }
+    }
+
+    fn attempt(&mut self, e: &Event) {
+        if e.extra.get("held").and_then(|v| v.as_bool()) == Some(true) {
+            // Held by the MTA without a connection: not an attempt on the wire.
+            self.held += 1;
+            return;
+        }
+        let Some(outcome) = e.outcome else { return };
+        let t = e.time;
+        let deferred = matches!(outcome, Outcome::Deferred | Outcome::ConnectionFailed);
+        let rcpt_domain = mxpace_events::readers::domain_of(&e.recipient);
+        let sender_domain = mxpace_events::readers::domain_of(&e.sender);
+        let reply = e.reply.as_deref().unwrap_or("");
+        let mut provider = self
+            .config
+            .providers
+            .recognise(e.mx_host.as_deref(), &rcpt_domain)
+            .to_string();
+        if provider == knowledge::OTHER
+            && let Some(p) = e.provider.as_deref().filter(|p| !p.is_empty())
+        {
+            provider = p.to_ascii_lowercase();
+        }
+        let ip = e
+            .source_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let region = knowledge::microsoft_host(reply).map(|(_, r)| r.to_ascii_lowercase());
+        let stream = e.stream.as_deref();
+        let path = format!("{ip} → {provider}");
+
+        let keys: [(Dimension, Option<&str>); 8] = [
+            (Dimension::Provider, Some(&provider)),
+            (Dimension::Path, Some(&path)),
+            (Dimension::SourceIp, Some(&ip)),
+            (
+                Dimension::SenderDomain,
+                Some(if sender_domain.is_empty() {
+                    "<>"
+                } else {
+                    &sender_domain
+                }),
+            ),
+            (Dimension::RecipientDomain, Some(&rcpt_domain)),
+            (Dimension::MxHost, e.mx_host.as_deref()),
+            (Dimension::Region, region.as_deref()),
+            (Dimension::Stream, stream),
+        ];
+        for (dim, key) in keys {
+            if let Some(key) = key {
+                bump(self.segments.entry(dim).or_default(), key, deferred);
+            }
+        }
+
+        let window =
+            t.unix_timestamp().div_euclid(self.config.window_secs) * self.config.window_secs;
+        let cell = self
+            .cells
+            .entry(provider.clone())
+            .or_default()
+            .entry(window)
+            .or_default();
+        cell.total.add(deferred);
+        let cell_keys = [
+            Some(ip.as_str()),
+            Some(sender_domain.as_str()),
+            Some(rcpt_domain.as_str()),
+            region.as_deref(),
+            stream,
+        ];
+        for (i, key) in cell_keys.into_iter().enumerate() {
+            if let Some(key) = key {
+                bump(&mut cell.by[i], key, deferred);
+            }
+        }
+        let sample = || Sample {
+            time: t,
+            queue_id: e.queue_id.clone(),
+            recipient: e.recipient.clone(),
+            source_ip: e.source_ip.map(|i| i.to_string()),
+            mx_host: e.mx_host.clone(),
+            reply: reply.to_string(),
+        };
+        if deferred && cell.samples.len() < self.config.examples {
+            cell.samples.push(sample());
+        }
+        if outcome != Outcome::Delivered && !reply.is_empty() {
+            let template = knowledge::template(reply);
+            match self
+                .templates
+                .get_mut(&(provider.clone(), template.clone()))
+            {
+                Some(stats) => {
+                    stats.count += 1;
+                    stats.deferred += deferred as u64;
+                }
+                None => {
+                    let verdict = e
+                        .verdict
+                        .clone()
+                        .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host.as_deref()));
+                    self.templates.insert(
+                        (provider.clone(), template),
+                        TemplateStats {
+                            provider: provider.clone(),
+                            count: 1,
+                            deferred: deferred as u64,
+                            sample: sample(),
+                            verdict,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(session) = e.extra.get("session").and_then(|v| v.as_str()) {
+            self.session(&ip, &provider, t, session);
+        }
+        self.recipient(e, outcome, deferred, reply);
+    }
+
+    fn session(&mut self, ip: &str, provider: &str, t: OffsetDateTime, session: &str) {
+        let bucket = t
+            .unix_timestamp()
+            .div_euclid(self.config.session_bucket_secs);
+        let key = (ip.to_string(), provider.to_string(), bucket);
+        let set = self.sessions.entry(key.clone()).or_default();
+        set.insert(session.to_string());
+        let n = set.len();
+        let limit = self.config.providers.max_connections(provider) as usize;
+        if n > limit && self.flagged_sessions.insert(key) {
+            let example = format!(
+                "{} {ip} → {provider}: {n} parallel sessions within {} s (limit {limit})",
+                rfc3339(t),
+                self.config.session_bucket_secs
+            );
+            self.flag(3, example);
+        }
+    }
+
+    fn recipient(&mut self, e: &Event, outcome: Outcome, deferred: bool, reply: &str) {
+        let t = e.time;
+        let key = (e.queue_id.clone(), e.recipient.clone());
+        let state = self.open.entry(key).or_insert_with(|| RecipientState {
+            first: t,
+            last: t,
+            attempts: 0,
+            deferrals: 0,
+            last_deferred: false,
+            last_reply: String::new(),
+        });
+        if state.attempts > 0 && state.last_deferred {
+            let gap = (t - state.last).whole_seconds();
+            if gap < self.config.retry_storm_secs {
+                let example = format!(
+                    "{} queue {} to {}: retried {gap} s after a deferral ({})",
+                    rfc3339(t),
+                    e.queue_id,
+                    e.recipient,
+                    state.last_reply
+                );
+                self.flag(1, example);
+            }
+        }
+        let state = self
+            .open
+            .get_mut(&(e.queue_id.clone(), e.recipient.clone()))
+            .expect("inserted above");
+        state.attempts += 1;
+        state.last = t;
+        state.last_deferred = deferred;
+        if deferred {
+            state.deferrals += 1;
+            state.last_reply = truncate(reply, 120);
+            let arrival = self
+                .arrivals
+                .get(&e.queue_id)
+                .copied()
+                .unwrap_or(state.first);
+            self.health.retry_age[age_bucket((t - arrival).whole_seconds())] += 1;
+            return;
+        }
+        let state = self
+            .open
+            .remove(&(e.queue_id.clone(), e.recipient.clone()))
+            .expect("present");
+        self.count_retries(state.attempts);
+        match outcome {
+            Outcome::Delivered => {
+                self.health.delivered += 1;
+                let arrival = match self.arrivals.get(&e.queue_id) {
+                    Some(a) => *a,
+                    None => {
+                        self.health.delivered_without_arrival += 1;
+                        state.first
+                    }
+                };
+                self.health.time_to_deliver[age_bucket((t - arrival).whole_seconds())] += 1;
+                let message = if e.message_id.is_empty() {
+                    &e.queue_id
+                } else {
+                    &e.message_id
+                };
+                let key = self.hasher.hash_one((message, &e.recipient));
+                if !self.delivered.insert(key) {
+                    let example = format!(
+                        "{} {} to {}: delivered again (queue {})",
+                        rfc3339(t),
+                        message,
+                        e.recipient,
+                        e.queue_id
+                    );
+                    self.flag(2, example);
+                }
+            }
+            Outcome::Bounced => {
+                self.health.bounced += 1;
+                let code = knowledge::basic_code(reply);
+                if code.is_some_and(|c| (400..500).contains(&c)) {
+                    let example = format!(
+                        "{} queue {} to {}: bounced on a temporary reply ({})",
+                        rfc3339(t),
+                        e.queue_id,
+                        e.recipient,
+                        truncate(reply, 120)
+                    );
+                    self.flag(0, example);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn count_retries(&mut self, attempts: u32) {
+        if attempts == 0 {
+            return;
+        }
+        let i = RETRY_BUCKETS
+            .iter()
+            .position(|(max, _)| attempts <= *max)
+            .unwrap_or(RETRY_BUCKETS.len() - 1);
+        self.health.retry_count[i] += 1;
+    }
+
+    fn flag(&mut self, kind: usize, example: String) {
+        let a = &mut self.anti[kind];
+        a.count += 1;
+        if a.examples.len() < self.config.examples {
+            a.examples.push(example);
+        }
+    }
+
+    /// Drop per-message state that cannot matter any more (older than the queue lifetime)
+    /// and session buckets behind the stream.
+    fn prune(&mut self) {
+        self.since_prune = 0;
+        self.max_open = self.max_open.max(self.open.len());
+        let Some(now) = self.last else { return };
+        let max_age = self.config.max_age_secs;
+        self.open
+            .retain(|_, s| (now - s.last).whole_seconds() <= max_age);
+        self.arrivals
+            .retain(|_, t| (now - *t).whole_seconds() <= max_age);
+        let bucket = now
+            .unix_timestamp()
+            .div_euclid(self.config.session_bucket_secs);
+        self.sessions.retain(|(_, _, b), _| *b + 30 >= bucket);
+        self.flagged_sessions.retain(|(_, _, b)| *b + 30 >= bucket);
+    }
+}
+
+fn bump(map: &mut HashMap<String, Counts>, key: &str, deferred: bool) {
+    match map.get_mut(key) {
+        Some(c) => c.add(deferred),
+        None => {
+            let mut c = Counts::default();
+            c.add(deferred);
+            map.insert(key.to_string(), c);
+        }
+    }
+}
+
+fn age_bucket(secs: i64) -> usize {
+    AGE_BUCKETS
+        .iter()
+        .position(|(max, _)| secs < *max)
+        .unwrap_or(AGE_BUCKETS.len() - 1)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// RFC 3339 UTC text of an instant.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

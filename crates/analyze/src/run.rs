@@ -1,0 +1,365 @@
+//! The shell: expand globs, open files (or stdin), detect the format, feed the readers
+//! and the analyzer. Postfix input is parsed on all cores: big chunks split on line
+//! boundaries are parsed in parallel (stateless), then joined by queue ID in order
+//! (cheap), so correlation is exactly as in a sequential read.
+
+use crate::aggregate::Analyzer;
+use anyhow::{Context, Result, bail};
+use mxpace_events::Event;
+use mxpace_events::readers::postfix::{self, Correlator, Parsed};
+use mxpace_events::readers::{self, Format, LineStatus, ReadStats, ReaderConfig, SkipReason};
+use rayon::prelude::*;
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How to read the inputs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Force a format instead of detecting it.
+    pub format: Option<Format>,
+    pub reader: ReaderConfig,
+    /// Show a progress bar (the caller decides: only on a TTY and for large inputs).
+    pub progress: bool,
+    /// Keep reading the (single) input as it grows.
+    pub follow: bool,
+    /// With `follow`: stop after this long without new data (None: forever).
+    pub follow_idle: Option<Duration>,
+    /// Parse Postfix on several cores (default true via [`Options::new`]).
+    pub parallel: bool,
+    /// Bytes per parallel chunk (default [`CHUNK`]).
+    pub chunk_bytes: usize,
+}
+
+impl Options {
+    /// Defaults: detect the format, parallel Postfix parsing.
+    pub fn new() -> Self {
+        Options {
+            parallel: true,
+            chunk_bytes: CHUNK,
+            ..Default::default()
+        }
+    }
+}
+
+/// Expand the command line's inputs: globs, plain paths, and `-` for stdin.
+pub fn expand(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input == "-" || !input.contains(['*', '?', '[']) {
+            out.push(PathBuf::from(input));
+            continue;
+        }
+        let mut matched: Vec<PathBuf> = glob::glob(input)
+            .with_context(|| format!("bad glob pattern {input:?}"))?
+            .filter_map(|p| p.ok())
+            .filter(|p| p.is_file())
+            .collect();
+        if matched.is_empty() {
+            bail!("no file matches {input:?}");
+        }
+        // Rotated logs: mail.log.3.gz, mail.log.2.gz, mail.log.1, mail.log — oldest first.
+        matched.sort_by_key(|p| std::cmp::Reverse(rotation_number(p)));
+        out.extend(matched);
+    }
+    Ok(out)
+}
+
+fn rotation_number(path: &Path) -> u32 {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.split('.')
+        .filter_map(|part| part.parse::<u32>().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// What reading produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub stats: ReadStats,
+    pub formats: Vec<Format>,
+}
+
+/// Read every input into the analyzer. `on_idle` is called during `follow` when no new
+/// data arrived (to refresh a live summary).
+pub fn read_all(
+    paths: &[PathBuf],
+    options: &Options,
+    analyzer: &mut Analyzer,
+    on_idle: &mut dyn FnMut(&Analyzer, &ReadStats),
+) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    if options.follow && paths.len() != 1 {
+        bail!("--follow needs exactly one input");
+    }
+    // Readers live across files: rotated logs continue each other, and a message queued
+    // in one file is often delivered in the next.
+    let mut correlator: Option<Correlator> = None;
+    let mut line_readers: Vec<(Format, Box<dyn readers::LineReader>)> = Vec::new();
+    for path in paths {
+        let (source, size): (Box<dyn Read + Send>, Option<u64>) = if path.as_os_str() == "-" {
+            (Box::new(std::io::stdin()), None)
+        } else {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let size = file.metadata().ok().map(|m| m.len());
+            (Box::new(file), size)
+        };
+        let mut config = options.reader.clone();
+        if config.year.is_none() {
+            let (year, month) = year_of(path);
+            config.year = Some(year);
+            config.end_month = Some(month);
+        }
+        let (mut input, _) = readers::open_reader(source)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let format = match options.format {
+            Some(f) => f,
+            None => {
+                let head = input
+                    .fill_buf()
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let head = &head[..head.len().min(64 * 1024)];
+                match readers::detect(head) {
+                    Some(f) => f,
+                    None if head.is_empty() => continue,
+                    None => bail!(
+                        "{}: unknown log format (not Postfix, Exim, PowerMTA, KumoMTA or mxpace events); use --format to force one",
+                        path.display()
+                    ),
+                }
+            }
+        };
+        outcome.formats.push(format);
+        let bar = progress_bar(options.progress, size, path);
+        let stats = if format == Format::Postfix && options.parallel && !options.follow {
+            let correlator = correlator.get_or_insert_with(|| Correlator::new(&config));
+            let chunk = options.chunk_bytes.max(4096);
+            read_postfix_parallel(
+                &mut input,
+                &config,
+                correlator,
+                chunk,
+                analyzer,
+                bar.as_ref(),
+            )?
+        } else {
+            let i = match line_readers.iter().position(|(f, _)| *f == format) {
+                Some(i) => i,
+                None => {
+                    line_readers.push((format, readers::reader_for(format, &config)));
+                    line_readers.len() - 1
+                }
+            };
+            let reader = line_readers[i].1.as_mut();
+            read_sequential(&mut input, reader, options, analyzer, bar.as_ref(), on_idle)?
+        };
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        outcome.stats.merge(&stats);
+    }
+    Ok(outcome)
+}
+
+/// Year and month (1–12) the log most likely ends in: the file's modification time, else now.
+fn year_of(path: &Path) -> (i32, u8) {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let t = time::OffsetDateTime::from(modified.unwrap_or_else(std::time::SystemTime::now));
+    (t.year(), t.month() as u8)
+}
+
+fn progress_bar(enabled: bool, size: Option<u64>, path: &Path) -> Option<indicatif::ProgressBar> {
+    let size = size?;
+    if !enabled || size < 64 << 20 {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(path.display().to_string());
+    Some(bar)
+}
+
+fn read_sequential(
+    input: &mut Box<dyn BufRead + Send>,
+    reader: &mut dyn readers::LineReader,
+    options: &Options,
+    analyzer: &mut Analyzer,
+    bar: Option<&indicatif::ProgressBar>,
+    on_idle: &mut dyn FnMut(&Analyzer, &ReadStats),
+) -> Result<ReadStats> {
+    let mut stats = ReadStats::default();
+    let mut line = Vec::with_capacity(4096);
+    let mut events: Vec<Event> = Vec::new();
+    let mut idle_since = Instant::now();
+    loop {
+        line.clear();
+        let n = input.read_until(b'\n', &mut line).context("read error")?;
+        if n == 0 {
+            if !options.follow {
+                break;
+            }
+            on_idle(analyzer, &stats);
+            if options
+                .follow_idle
+                .is_some_and(|max| idle_since.elapsed() >= max)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if !line.ends_with(b"\n") && options.follow {
+            // A line still being written: wait for its end.
+            let mut rest = Vec::new();
+            while !rest.ends_with(b"\n") {
+                if input.read_until(b'\n', &mut rest).context("read error")? == 0 {
+                    if options
+                        .follow_idle
+                        .is_some_and(|max| idle_since.elapsed() >= max)
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            line.extend_from_slice(&rest);
+        }
+        idle_since = Instant::now();
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if body.is_empty() {
+            continue;
+        }
+        events.clear();
+        let status = reader.feed(body, &mut events);
+        stats.count(status, body.len(), events.len());
+        for e in &events {
+            analyzer.observe(e);
+        }
+        if let Some(bar) = bar {
+            bar.inc(n as u64);
+        }
+    }
+    Ok(stats)
+}
+
+/// Default chunk size for parallel parsing: large enough to amortise the fork/join.
+pub const CHUNK: usize = 8 << 20;
+
+enum LineResult {
+    Parsed(Parsed, u32),
+    Ignored(u32),
+    Skipped(SkipReason, u32),
+}
+
+fn parse_chunk(chunk: &[u8], config: &ReaderConfig) -> Vec<LineResult> {
+    let pieces = rayon::current_num_threads().max(1) * 4;
+    let piece_len = chunk.len() / pieces + 1;
+    let mut bounds = vec![0usize];
+    while *bounds.last().expect("non-empty") < chunk.len() {
+        let from = bounds.last().copied().expect("non-empty") + piece_len;
+        let end = if from >= chunk.len() {
+            chunk.len()
+        } else {
+            memchr::memchr(b'\n', &chunk[from..]).map_or(chunk.len(), |i| from + i + 1)
+        };
+        bounds.push(end);
+    }
+    let parts: Vec<Vec<LineResult>> = bounds
+        .par_windows(2)
+        .map(|w| {
+            let piece = &chunk[w[0]..w[1]];
+            let mut out = Vec::with_capacity(piece.len() / 200 + 1);
+            for line in piece.split(|&b| b == b'\n') {
+                if line.is_empty() {
+                    continue;
+                }
+                let len = line.len() as u32;
+                out.push(match postfix::parse_line(line, config) {
+                    Ok(Some(p)) => LineResult::Parsed(p, len),
+                    Ok(None) => LineResult::Ignored(len),
+                    Err(r) => LineResult::Skipped(r, len),
+                });
+            }
+            out
+        })
+        .collect();
+    parts.into_iter().flatten().collect()
+}
+
+/// Read up to `size` bytes ending on a line boundary (the tail is carried over).
+fn next_chunk(input: &mut dyn BufRead, carry: &mut Vec<u8>, size: usize) -> Result<Vec<u8>> {
+    let mut chunk = std::mem::take(carry);
+    chunk.reserve(size + 4096);
+    let mut limited = input.take((size.saturating_sub(chunk.len())) as u64);
+    limited.read_to_end(&mut chunk).context("read error")?;
+    let at_end = input.fill_buf().context("read error")?.is_empty();
+    if !at_end && let Some(last) = memchr::memrchr(b'\n', &chunk) {
+        carry.extend_from_slice(&chunk[last + 1..]);
+        chunk.truncate(last + 1);
+    }
+    Ok(chunk)
+}
+
+fn read_postfix_parallel(
+    input: &mut Box<dyn BufRead + Send>,
+    config: &ReaderConfig,
+    correlator: &mut Correlator,
+    chunk_bytes: usize,
+    analyzer: &mut Analyzer,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<ReadStats> {
+    let mut stats = ReadStats::default();
+    let mut carry = Vec::new();
+    let mut pending: Option<Vec<LineResult>> = None;
+    let mut events = Vec::new();
+    loop {
+        let chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes)?;
+        if chunk.is_empty() && pending.is_none() {
+            break;
+        }
+        let chunk_len = chunk.len() as u64;
+        // Parse the next chunk on the pool while this thread joins the previous one.
+        let (parsed, ()) = rayon::join(
+            || parse_chunk(&chunk, config),
+            || {
+                if let Some(lines) = pending.take() {
+                    fold(lines, correlator, analyzer, &mut stats, &mut events);
+                }
+            },
+        );
+        if let Some(bar) = bar {
+            bar.inc(chunk_len);
+        }
+        pending = (!chunk.is_empty()).then_some(parsed);
+    }
+    Ok(stats)
+}
+
+fn fold(
+    lines: Vec<LineResult>,
+    correlator: &mut Correlator,
+    analyzer: &mut Analyzer,
+    stats: &mut ReadStats,
+    events: &mut Vec<Event>,
+) {
+    for line in lines {
+        match line {
+            LineResult::Parsed(parsed, len) => {
+                events.clear();
+                let status = correlator.apply(parsed, events);
+                stats.count(status, len as usize, events.len());
+                for e in events.iter() {
+                    analyzer.observe(e);
+                }
+            }
+            LineResult::Ignored(len) => stats.count(LineStatus::Ignored, len as usize, 0),
+            LineResult::Skipped(r, len) => stats.count(LineStatus::Skipped(r), len as usize, 0),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Generated Postfix logs with known ground truth, read from disk through the same path
+//! as `mxpace analyze`, must give the known verdicts and anti-pattern counts.
+
+use mxpace_analyze::generate::{DeferRule, Scenario, Truth, write_postfix};
+use mxpace_analyze::report::Report;
+use mxpace_analyze::run::{self, Options};
+use mxpace_analyze::{Analyzer, Config, Verdict};
+use std::io::Write;
+use std::net::IpAddr;
+use time::macros::datetime;
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([198, 51, 100, last])
+}
+
+fn analyze(s: &Scenario, parallel: bool) -> (Report, Truth) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.log");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let truth = write_postfix(s, &mut file).unwrap();
+    file.flush().unwrap();
+    drop(file);
+    let mut options = Options::new();
+    options.parallel = parallel;
+    // Small chunks so that queue IDs straddle chunk boundaries many times.
+    options.chunk_bytes = 64 * 1024;
+    options.reader.year = Some(2026);
+    let mut analyzer = Analyzer::new(Config::default());
+    let outcome = run::read_all(
+        std::slice::from_ref(&path),
+        &options,
+        &mut analyzer,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(outcome.stats.skipped_total(), 0, "{:?}", outcome.stats);
+    let report = Report::build(
+        &analyzer,
+        &outcome.stats,
+        vec![path.display().to_string()],
+        "postfix",
+    );
+    (report, truth)
+}
+
+fn base() -> Scenario {
+    Scenario {
+        rate_per_sec: 2.0,
+        ..Scenario::baseline(datetime!(2026-11-23 08:00:00 UTC))
+    }
+}
+
+fn anti(report: &Report, kind: &str) -> u64 {
+    report
+        .anti_patterns
+        .iter()
+        .find(|a| a.kind == kind)
+        .unwrap()
+        .count
+}
+
+#[test]
+fn clean_traffic_has_no_incident_and_no_anti_pattern() {
+    let (report, truth) = analyze(&base(), true);
+    assert!(report.incidents.is_empty(), "{:#?}", report.incidents);
+    for a in &report.anti_patterns {
+        assert_eq!(a.count, 0, "{a:?}");
+    }
+    let microsoft = report
+        .segments_of("provider")
+        .find(|s| s.key == "microsoft")
+        .unwrap();
+    assert_eq!(microsoft.deferred, 0);
+    assert_eq!(report.queue_health.delivered, truth.deliveries);
+    assert_eq!(report.input.lines, truth.lines);
+}
+
+#[test]
+fn one_ip_throttled_by_microsoft_is_sender_side() {
+    let mut s = base();
+    s.ramp = Some((ip(1), 50, 4.0));
+    s.rules.push(DeferRule {
+        from_minute: 60,
+        to_minute: 90,
+        ip: Some(ip(1)),
+        microsoft_only: true,
+        probability: 0.9,
+        ..Default::default()
+    });
+    let (report, truth) = analyze(&s, true);
+    let microsoft = report
+        .segments_of("provider")
+        .find(|x| x.key == "microsoft")
+        .unwrap();
+    assert_eq!(microsoft.deferred, truth.deferrals);
+    assert_eq!(report.incidents.len(), 1, "{:#?}", report.incidents);
+    let inc = &report.incidents[0];
+    assert_eq!(inc.verdict, Verdict::SenderSide, "{inc:#?}");
+    assert_eq!(inc.provider, "microsoft");
+    assert_eq!(inc.scope, "source_ip 198.51.100.1");
+    assert!(
+        inc.evidence
+            .iter()
+            .any(|e| e.contains("volume from 198.51.100.1 rose")),
+        "{:#?}",
+        inc.evidence
+    );
+    assert!(
+        inc.evidence
+            .iter()
+            .any(|e| e.contains("other receivers accept it")),
+        "{:#?}",
+        inc.evidence
+    );
+    assert!(
+        inc.samples
+            .iter()
+            .all(|x| x.source_ip.as_deref() == Some("198.51.100.1"))
+    );
+    assert!(inc.samples[0].reply.contains("(S77714)"));
+    let path = report
+        .segments_of("path")
+        .find(|x| x.key == "198.51.100.1 → microsoft")
+        .unwrap();
+    assert_eq!(path.band, mxpace_analyze::Band::ActNow);
+    let clean = report
+        .segments_of("path")
+        .find(|x| x.key == "198.51.100.2 → microsoft")
+        .unwrap();
+    assert_eq!(clean.deferred, 0);
+}
+
+#[test]
+fn microsoft_wide_incident_across_tenants_is_provider_side() {
+    let mut s = base();
+    s.rules.push(DeferRule {
+        from_minute: 60,
+        to_minute: 80,
+        microsoft_only: true,
+        probability: 0.5,
+        ..Default::default()
+    });
+    let (report, _) = analyze(&s, true);
+    assert_eq!(report.incidents.len(), 1, "{:#?}", report.incidents);
+    let inc = &report.incidents[0];
+    assert_eq!(inc.verdict, Verdict::ProviderSide, "{inc:#?}");
+    assert_eq!(inc.provider, "microsoft");
+    assert!(inc.start.starts_with("2026-11-23T09:0"), "{}", inc.start);
+    assert!(
+        inc.evidence
+            .iter()
+            .any(|e| e.contains("10 recipient domains and 4 of 4 sending IPs")),
+        "{:#?}",
+        inc.evidence
+    );
+}
+
+#[test]
+fn failures_clustered_on_one_region_are_provider_side() {
+    let mut s = base();
+    s.rules.push(DeferRule {
+        from_minute: 30,
+        to_minute: 60,
+        region: Some("namprd04".into()),
+        probability: 0.8,
+        ..Default::default()
+    });
+    let (report, _) = analyze(&s, true);
+    assert_eq!(report.incidents.len(), 1, "{:#?}", report.incidents);
+    let inc = &report.incidents[0];
+    assert_eq!(inc.verdict, Verdict::ProviderSide, "{inc:#?}");
+    assert!(
+        inc.evidence
+            .iter()
+            .any(|e| e.contains("receiving region namprd04")),
+        "{:#?}",
+        inc.evidence
+    );
+    let region = report
+        .segments_of("region")
+        .find(|x| x.key == "namprd04")
+        .unwrap();
+    assert!(region.deferred > 0);
+}
+
+#[test]
+fn one_tenant_pressing_is_tenant_side() {
+    let mut s = base();
+    s.rules.push(DeferRule {
+        from_minute: 40,
+        to_minute: 70,
+        domain: Some("tenant3.example.com".into()),
+        probability: 0.9,
+        ..Default::default()
+    });
+    let (report, _) = analyze(&s, true);
+    assert_eq!(report.incidents.len(), 1, "{:#?}", report.incidents);
+    let inc = &report.incidents[0];
+    assert_eq!(inc.verdict, Verdict::TenantSide, "{inc:#?}");
+    assert_eq!(inc.scope, "recipient_domain tenant3.example.com");
+}
+
+#[test]
+fn application_suppressing_after_a_451_is_flagged_once_per_recipient() {
+    let mut s = base();
+    s.minutes = 30;
+    s.suppress_after_4xx = true;
+    s.rules.push(DeferRule {
+        from_minute: 0,
+        to_minute: 30,
+        microsoft_only: true,
+        probability: 0.05,
+        ..Default::default()
+    });
+    let (report, truth) = analyze(&s, true);
+    assert!(truth.suppressed > 100);
+    assert_eq!(anti(&report, "bounce-after-4xx"), truth.suppressed);
+    assert_eq!(anti(&report, "retry-storm"), 0);
+}
+
+#[test]
+fn retry_storm_and_duplicates_are_counted_exactly() {
+    let mut s = base();
+    s.minutes = 30;
+    s.retry_secs = 20;
+    s.duplicate_every = Some(50);
+    s.rules.push(DeferRule {
+        from_minute: 0,
+        to_minute: 30,
+        domain: Some("tenant1.example.com".into()),
+        probability: 0.5,
+        ..Default::default()
+    });
+    let (report, truth) = analyze(&s, false);
+    assert!(truth.fast_retries > 50);
+    assert_eq!(anti(&report, "retry-storm"), truth.fast_retries);
+    assert!(truth.duplicates > 10);
+    assert_eq!(anti(&report, "duplicate-delivery"), truth.duplicates);
+}
+
+#[test]
+fn too_many_parallel_sessions_to_one_provider() {
+    let mut s = base();
+    s.minutes = 5;
+    s.rate_per_sec = 20.0;
+    s.sessions_per_ip = 200;
+    let (report, _) = analyze(&s, true);
+    assert!(anti(&report, "over-concurrency") > 0);
+    let (quiet, _) = analyze(
+        &Scenario {
+            minutes: 5,
+            rate_per_sec: 20.0,
+            ..base()
+        },
+        true,
+    );
+    assert_eq!(anti(&quiet, "over-concurrency"), 0);
+}
+
+#[test]
+fn parallel_and_sequential_reads_agree() {
+    let mut s = base();
+    s.minutes = 40;
+    s.rules.push(DeferRule {
+        from_minute: 10,
+        to_minute: 30,
+        ip: Some(ip(2)),
+        microsoft_only: true,
+        probability: 0.7,
+        ..Default::default()
+    });
+    let (a, _) = analyze(&s, true);
+    let (b, _) = analyze(&s, false);
+    assert!(
+        a.input.bytes > 20 * 64 * 1024,
+        "the log must span many chunks"
+    );
+    assert_eq!(
+        serde_json::to_value(&a.segments).unwrap(),
+        serde_json::to_value(&b.segments).unwrap()
+    );
+    assert_eq!(
+        serde_json::to_value(&a.incidents).unwrap(),
+        serde_json::to_value(&b.incidents).unwrap()
+    );
+    assert_eq!(a.queue_health.delivered, b.queue_health.delivered);
+    assert_eq!(
+        a.queue_health
+            .retry_count
+            .iter()
+            .map(|x| x.count)
+            .collect::<Vec<_>>(),
+        b.queue_health
+            .retry_count
+            .iter()
+            .map(|x| x.count)
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,2 +1,0 @@
-//! Readers that translate foreign MTA logs (Postfix, Exim, PowerMTA, KumoMTA) and
-//! mxpace's own JSON Lines into [`crate::Event`]s.

@@ -1,0 +1,243 @@
+//! HTTP endpoint (axum): message injection with an idempotency key, and the
+//! admin API the `mxpace queue` commands use while the relay runs. Only
+//! clients in `allow_clients` are served.
+
+use crate::queue::{Filter, summarize};
+use crate::service::{self, AdminAction, EnvelopeRecipient, Shared, Submission, now_ms};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Largest JSON request accepted (a message plus its envelope).
+const MAX_REQUEST: usize = 40 * 1024 * 1024;
+
+/// `POST /v1/messages`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectRequest {
+    /// Envelope sender ("" for the null sender).
+    pub from: String,
+    pub to: Vec<String>,
+    /// The RFC 5322 message as text…
+    #[serde(default)]
+    pub message: Option<String>,
+    /// …or as base64 (for 8-bit content).
+    #[serde(default)]
+    pub message_base64: Option<String>,
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Also accepted as the `Idempotency-Key` header.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /v1/queue/{retry|bounce|delete}`
+#[derive(Debug, Deserialize)]
+pub struct AdminRequest {
+    pub filter: Vec<String>,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Serve until the task is dropped.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let app = Router::new()
+        .route("/v1/messages", post(inject))
+        .route("/v1/queue", get(queue_summary))
+        .route("/v1/queue/{id}", get(queue_show))
+        .route("/v1/queue/action/{action}", post(queue_action))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
+        .with_state(shared);
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    {
+        tracing::error!("http server: {e}");
+    }
+}
+
+fn allowed(shared: &Shared, peer: SocketAddr) -> bool {
+    shared
+        .config
+        .relay
+        .allow_clients
+        .iter()
+        .any(|n| n.contains(&peer.ip()))
+}
+
+async fn inject(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let req: InjectRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    let raw = match (req.message, req.message_base64) {
+        (Some(m), None) => m.into_bytes(),
+        (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b.trim()) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("message_base64: {e}")),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of message or message_base64",
+            );
+        }
+    };
+    if raw.is_empty() || raw.len() > shared.config.relay.max_message_size {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "message empty or too large");
+    }
+    if req.to.is_empty() || req.to.len() > 1000 {
+        return error(StatusCode::BAD_REQUEST, "to: give 1 to 1000 recipients");
+    }
+    let valid = |a: &str| {
+        !a.chars()
+            .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
+            && a.len() <= 320
+    };
+    for r in &req.to {
+        if !valid(r)
+            || !r
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        {
+            return error(StatusCode::BAD_REQUEST, format!("bad recipient {r:?}"));
+        }
+    }
+    if !valid(&req.from) || (!req.from.is_empty() && !req.from.contains('@')) {
+        return error(StatusCode::BAD_REQUEST, "bad sender");
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(req.idempotency_key)
+        .filter(|k| !k.is_empty());
+    if key.as_ref().is_some_and(|k| k.len() > 200) {
+        return error(StatusCode::BAD_REQUEST, "idempotency key longer than 200");
+    }
+    // Normalise bare LF to CRLF, as SMTP ingress does.
+    let mut body = Vec::with_capacity(raw.len() + raw.len() / 40);
+    let mut prev = 0u8;
+    for &b in &raw {
+        if b == b'\n' && prev != b'\r' {
+            body.push(b'\r');
+        }
+        body.push(b);
+        prev = b;
+    }
+    if !body.ends_with(b"\r\n") {
+        body.extend_from_slice(b"\r\n");
+    }
+    let trace = format!(
+        "Received: from [{}] by {} (mxpace) with HTTP;\r\n\t{}\r\n",
+        peer.ip(),
+        shared.config.relay.hostname,
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default()
+    );
+    let sub = Submission {
+        sender: req.from,
+        recipients: req
+            .to
+            .into_iter()
+            .map(|address| EnvelopeRecipient {
+                address,
+                orcpt: None,
+                notify: 0,
+            })
+            .collect(),
+        env_id: None,
+        ret_full: false,
+        stream: req.stream,
+        idempotency_key: key,
+        trace: Some(trace),
+        body,
+    };
+    match service::accept(&shared, sub).await {
+        Ok(a) => (
+            StatusCode::OK,
+            Json(json!({ "queue_id": a.queue_id, "duplicate": a.duplicate })),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("4.3.1 not queued, try again: {e}"),
+        ),
+    }
+}
+
+async fn queue_summary(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let q = shared.queue();
+    Json(summarize(q.messages(), now_ms())).into_response()
+}
+
+async fn queue_show(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    match shared.queue().get(&id) {
+        Some(m) => Json(m.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("{id}: not in the queue")),
+    }
+}
+
+async fn queue_action(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(action): Path<String>,
+    Json(req): Json<AdminRequest>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let action = match action.as_str() {
+        "retry" => AdminAction::Retry,
+        "bounce" => AdminAction::Bounce,
+        "delete" => AdminAction::Delete,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "action must be retry, bounce or delete",
+            );
+        }
+    };
+    let filter = match Filter::parse(&req.filter) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match service::admin(&shared, action, &filter).await {
+        Ok(n) => Json(json!({ "affected": n })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,275 @@
+//! Facts named in a reply's text: provider tokens, IP addresses, URLs and Microsoft's
+//! trailing `[host timestamp id]` block. One pass over the bytes.
+//!
+//! Written by hand because each token family has a fixed, tiny shape (research notes
+//! §5.5 item 6) and a byte scan costs far less than running a regex per family.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// What [`extract`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extracted {
+    /// Provider tokens: `S77714`, `AS(201806281)`, `AS16012609`, `[TSS04]`, `RL000010`,
+    /// `c=r0201`, `OFR005_505`, `RP-001`, `PRX4`, `ATTR35`.
+    pub tokens: Vec<String>,
+    /// IP addresses named in the text (deduplicated, in order).
+    pub ips: Vec<IpAddr>,
+    /// URLs (http/https).
+    pub urls: Vec<String>,
+    /// Receiving host from a trailing `[host …]` block.
+    pub host: Option<String>,
+    /// The receiving host's UTC timestamp from that block.
+    pub host_time: Option<String>,
+}
+
+/// Scan `text` once for tokens, IPs, URLs and the host block.
+pub fn extract(text: &str) -> Extracted {
+    let b = text.as_bytes();
+    let mut out = Extracted::default();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let boundary = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        let step = match c {
+            b'(' => paren_token(&b[i..], &mut out.tokens),
+            b'[' => bracket(&text[i..], &mut out),
+            b'h' | b'H' if boundary => url(&text[i..], &mut out),
+            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' | b':'
+                if boundary && (i == 0 || b[i - 1] != b'.') =>
+            {
+                ip(&text[i..], &mut out.ips).or_else(|| word_token(&b[i..], &mut out.tokens))
+            }
+            b'A'..=b'Z' if boundary => word_token(&b[i..], &mut out.tokens),
+            _ => None,
+        };
+        i += step.unwrap_or(1).max(1);
+    }
+    out
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|t| t == s) {
+        v.push(s.to_owned());
+    }
+}
+
+fn digits(b: &[u8]) -> usize {
+    b.iter().take_while(|c| c.is_ascii_digit()).count()
+}
+
+/// `(S77714)` → `S77714`; `(AS16012609)` → `AS16012609`.
+fn paren_token(b: &[u8], tokens: &mut Vec<String>) -> Option<usize> {
+    let prefix = if b.get(1) == Some(&b'S') {
+        2
+    } else if b.get(1..3) == Some(b"AS") {
+        3
+    } else {
+        return None;
+    };
+    let n = digits(&b[prefix..]);
+    if n == 0 || n > 12 || b.get(prefix + n) != Some(&b')') {
+        return None;
+    }
+    push_unique(tokens, std::str::from_utf8(&b[1..prefix + n]).ok()?);
+    Some(prefix + n + 1)
+}
+
+/// Tokens that start a word: `AS(201806281)`, Comcast `RL000010`, Orange `OFR005_505`
+/// / `LPN007_402`, Outlook.com `RP-001`, Microsoft `PRX4` / `ATTR35`.
+fn word_token(b: &[u8], tokens: &mut Vec<String>) -> Option<usize> {
+    let letters = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    let end = match (letters, b.get(letters)) {
+        (2, Some(b'(')) if b.starts_with(b"AS") => {
+            let n = digits(&b[3..]);
+            (n > 0 && b.get(3 + n) == Some(&b')')).then_some(4 + n)?
+        }
+        (2, Some(b'0'..=b'9')) if digits(&b[2..]) == 6 => 8,
+        (2, Some(b'-')) if digits(&b[3..]) == 3 => 6,
+        (3, Some(b'0'..=b'9' | b'_')) if b.starts_with(b"OFR") || b.starts_with(b"LPN") => {
+            let n = digits(&b[3..]);
+            let m = digits(b.get(4 + n..)?);
+            (b.get(3 + n) == Some(&b'_') && m == 3).then_some(4 + n + 3)?
+        }
+        (3 | 4, Some(b'0'..=b'9')) if b.starts_with(b"PRX") || b.starts_with(b"ATTR") => {
+            let n = digits(&b[letters..]);
+            (n <= 3).then_some(letters + n)?
+        }
+        _ => return None,
+    };
+    if b.get(end).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    push_unique(tokens, std::str::from_utf8(&b[..end]).ok()?);
+    Some(end)
+}
+
+/// `[TSS04]`-style tokens (letters then digits), or a `[host timestamp id]` block.
+fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
+    let close = s.as_bytes().iter().take(200).position(|&c| c == b']')?;
+    let inner = &s[1..close];
+    let ib = inner.as_bytes();
+    let letters = ib.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    if (1..=5).contains(&letters)
+        && ib.len() > letters
+        && ib.len() <= letters + 3
+        && ib[letters..].iter().all(u8::is_ascii_digit)
+    {
+        push_unique(&mut out.tokens, &s[..=close]);
+        return Some(close + 1);
+    }
+    let mut words = inner.split_ascii_whitespace();
+    let host = words.next()?;
+    if looks_like_host(host) {
+        out.host = Some(host.to_ascii_lowercase());
+        out.host_time = words
+            .next()
+            .filter(|t| looks_like_timestamp(t))
+            .map(str::to_owned);
+        return Some(close + 1);
+    }
+    None
+}
+
+fn looks_like_host(s: &str) -> bool {
+    s.contains('.')
+        && s.len() <= 253
+        && s.bytes().any(|c| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-')
+        && s.parse::<IpAddr>().is_err()
+}
+
+/// `2024-07-14T14:44:43.083Z`.
+fn looks_like_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 19 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
+}
+
+/// `http://` / `https://` up to whitespace or a closing delimiter. GMX/Web.de case codes
+/// (`?c=r0201`) become tokens too.
+fn url(s: &str, out: &mut Extracted) -> Option<usize> {
+    let b = s.as_bytes();
+    let scheme = if b.len() > 8 && b[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else if b.len() > 7 && b[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else {
+        return None;
+    };
+    let end = b
+        .iter()
+        .position(|&c| {
+            c.is_ascii_whitespace() || matches!(c, b')' | b']' | b'>' | b'<' | b'\'' | b'"' | b',')
+        })
+        .unwrap_or(b.len());
+    let u = s[..end].trim_end_matches(['.', ';', ':']);
+    if u.len() <= scheme {
+        return None;
+    }
+    if let Some(q) = u.find("?c=").or_else(|| u.find("&c=")) {
+        let code = &u[q + 1..];
+        let code = code.split('&').next().unwrap_or(code);
+        if code.len() > 2 {
+            push_unique(&mut out.tokens, code);
+        }
+    }
+    push_unique(&mut out.urls, u);
+    // Keep scanning inside the URL: its query often names the IP (`?ip=…`).
+    Some(scheme)
+}
+
+/// An IPv4 or IPv6 address starting here (the run of address characters must parse).
+fn ip(s: &str, ips: &mut Vec<IpAddr>) -> Option<usize> {
+    let b = s.as_bytes();
+    let run = b
+        .iter()
+        .take(64)
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, b'.' | b':'))
+        .count();
+    let cand = s[..run].trim_end_matches(['.', ':']);
+    let colons = cand.bytes().filter(|&c| c == b':').count();
+    let addr = if colons >= 2 {
+        IpAddr::V6(cand.parse::<Ipv6Addr>().ok()?)
+    } else if colons == 0 && cand.bytes().filter(|&c| c == b'.').count() == 3 {
+        IpAddr::V4(cand.parse::<Ipv4Addr>().ok()?)
+    } else {
+        return None;
+    };
+    if b.get(run).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    // Yahoo's internal `4.16.55.1` / `#4.16.1` codes parse as addresses but are not.
+    if let IpAddr::V4(v4) = addr
+        && matches!(v4.octets(), [4 | 5, 16, ..])
+    {
+        return Some(run);
+    }
+    if !ips.contains(&addr) {
+        ips.push(addr);
+    }
+    Some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microsoft_server_busy() {
+        let e = extract(
+            "Server busy. Please try again later from [203.0.113.10]. (S77714) [BL6PEPF0001AB50.namprd04.prod.outlook.com 2024-07-14T14:44:43.083Z 08DCA36F759CD546]",
+        );
+        assert_eq!(e.tokens, ["S77714"]);
+        assert_eq!(e.ips, ["203.0.113.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            e.host.as_deref(),
+            Some("bl6pepf0001ab50.namprd04.prod.outlook.com")
+        );
+        assert_eq!(e.host_time.as_deref(), Some("2024-07-14T14:44:43.083Z"));
+    }
+
+    #[test]
+    fn token_families() {
+        let e = extract(
+            "Access denied. AS(201806281) x (AS16012609) [TSS04] [TS03] [CS01] RL000010 OFR005_505 [505] RP-001 PRX4 ATTR35 [Name=Protocol Filter Agent][AGT=PFA]",
+        );
+        assert_eq!(
+            e.tokens,
+            [
+                "AS(201806281)",
+                "AS16012609",
+                "[TSS04]",
+                "[TS03]",
+                "[CS01]",
+                "RL000010",
+                "OFR005_505",
+                "RP-001",
+                "PRX4",
+                "ATTR35"
+            ]
+        );
+    }
+
+    #[test]
+    fn urls_and_gmx_case() {
+        let e = extract(
+            "For explanation visit https://postmaster.gmx.net/en/case?c=r0201&i=ip&v=198.51.100.42&r=1A2B. Learn more at https://support.google.com/mail/?p=NoSuchUser",
+        );
+        assert_eq!(e.tokens, ["c=r0201"]);
+        assert_eq!(e.urls.len(), 2);
+        assert_eq!(e.urls[1], "https://support.google.com/mail/?p=NoSuchUser");
+        assert_eq!(e.ips, ["198.51.100.42".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn ipv6_and_no_false_ips() {
+        let e = extract("from [2001:db8::25] at 14:44:43 version 4.16.55.1 and 10.0.0.1.");
+        assert_eq!(
+            e.ips,
+            [
+                "2001:db8::25".parse::<IpAddr>().unwrap(),
+                "10.0.0.1".parse().unwrap()
+            ]
+        );
+    }
+}

@@ -1,0 +1,688 @@
+//! Parsing: find the SMTP reply inside whatever wrapper it came in (raw multi-line
+//! replies, Gmail's flattened form, Postfix and Exim log text, DSN `Diagnostic-Code`
+//! fields, Exchange NDR text) and split it into code, enhanced code and text.
+//!
+//! Hand-written byte scanning rather than regexes: the wrappers are fixed phrases and
+//! the reply grammar (RFC 5321 §4.2, RFC 3463 §2) is tiny, and this runs once per
+//! reply on the relay's hot path. smtp-proto is deliberately not used: it saturates
+//! three-digit details (4.7.500 would become 4.7.255).
+
+use crate::verdict::Stage;
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+/// An RFC 3463 enhanced status code, kept exactly as written (`5.7.708`, `4.7.500`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnhancedCode {
+    /// 2, 4 or 5.
+    pub class: u16,
+    /// 0–999 (RFC 3463: one to three digits).
+    pub subject: u16,
+    /// 0–999 (three-digit details such as 4.7.500 are legal and common).
+    pub detail: u16,
+}
+
+impl EnhancedCode {
+    /// Parse exactly `class.subject.detail` (the whole string), per RFC 3463 §2:
+    /// class 2/4/5, one to three digits per part, no leading zeros.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (code, len) = Self::parse_prefix(s.as_bytes())?;
+        (len == s.len()).then_some(code)
+    }
+
+    /// Parse an enhanced code at the start of `b`; returns it and its length in bytes.
+    /// The code must not be followed by a digit or by `.digit` (so Yahoo's internal
+    /// `4.16.55.1` is not taken for one).
+    fn parse_prefix(b: &[u8]) -> Option<(Self, usize)> {
+        let class = match b.first()? {
+            b'2' => 2,
+            b'4' => 4,
+            b'5' => 5,
+            _ => return None,
+        };
+        if b.get(1) != Some(&b'.') {
+            return None;
+        }
+        let (subject, n1) = number(&b[2..])?;
+        let at = 2 + n1;
+        if b.get(at) != Some(&b'.') {
+            return None;
+        }
+        let (detail, n2) = number(&b[at + 1..])?;
+        let end = at + 1 + n2;
+        match (b.get(end), b.get(end + 1)) {
+            (Some(c), _) if c.is_ascii_digit() => None,
+            (Some(b'.'), Some(c)) if c.is_ascii_digit() => None,
+            _ => Some((
+                EnhancedCode {
+                    class,
+                    subject,
+                    detail,
+                },
+                end,
+            )),
+        }
+    }
+}
+
+/// One to three digits without a leading zero (a lone `0` is fine).
+fn number(b: &[u8]) -> Option<(u16, usize)> {
+    let len = b.iter().take(4).take_while(|c| c.is_ascii_digit()).count();
+    if len == 0 || len > 3 || (len > 1 && b[0] == b'0') {
+        return None;
+    }
+    let value = b[..len]
+        .iter()
+        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+    Some((value, len))
+}
+
+impl fmt::Display for EnhancedCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// The container the reply was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrapper {
+    /// A bare reply, single- or multi-line (possibly flattened onto one line).
+    Raw,
+    /// Postfix: `host H[IP] said: … (in reply to X command)`.
+    Postfix,
+    /// Exim: `SMTP error from remote mail server after X: …`.
+    Exim,
+    /// RFC 3464 DSN: `Diagnostic-Code: smtp; …` (folded lines unfolded).
+    Dsn,
+    /// Exchange: `Remote Server returned '…'` or `#550 5.7.1 smtp;550 …> #SMTP#`.
+    Exchange,
+}
+
+/// A parsed SMTP reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The basic reply code (200–599).
+    pub code: u16,
+    /// The enhanced status code, if the reply carries one.
+    pub enhanced: Option<EnhancedCode>,
+    /// The reply as found inside its wrapper, line breaks kept (see [`Reply::lines`]).
+    pub raw: String,
+    /// The reply text: code prefixes and repeated enhanced codes removed, lines joined
+    /// with single spaces.
+    pub text: String,
+    /// The SMTP stage the reply answered, when the wrapper says.
+    pub stage: Option<Stage>,
+    /// Where the reply was found.
+    pub wrapper: Wrapper,
+    /// The remote host the wrapper names (Postfix `host H[IP]`, Exim `host H [IP]`,
+    /// DSN `Remote-MTA`), if any.
+    pub remote_host: Option<String>,
+    /// The remote host's address the wrapper names, if any.
+    pub remote_ip: Option<IpAddr>,
+}
+
+impl Reply {
+    /// The raw reply lines (as received, code prefixes kept).
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.raw.lines().flat_map(|l| l.split('\r'))
+    }
+
+    /// Whether the enhanced code's class agrees with the basic code (RFC 2034 §3:
+    /// "all status codes … must agree with the primary response code").
+    pub fn enhanced_agrees(&self) -> Option<bool> {
+        self.enhanced.map(|e| e.class == self.code / 100)
+    }
+}
+
+/// Why the input is not an SMTP reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAReply {
+    #[error("empty input")]
+    Empty,
+    #[error("binary data, not text")]
+    Binary,
+    #[error("no SMTP reply code (2xx-5xx) found")]
+    NoCode,
+}
+
+/// Parse bytes that may not be UTF-8 (invalid sequences are replaced, not dropped).
+pub fn parse_bytes(input: &[u8]) -> Result<Reply, NotAReply> {
+    if looks_binary(input) {
+        return Err(NotAReply::Binary);
+    }
+    parse(&String::from_utf8_lossy(input))
+}
+
+/// Find the SMTP reply in `input` and parse it.
+pub fn parse(input: &str) -> Result<Reply, NotAReply> {
+    let input = input.trim();
+    if input.is_empty() {
+        return Err(NotAReply::Empty);
+    }
+    if looks_binary(input.as_bytes()) {
+        return Err(NotAReply::Binary);
+    }
+    let found = unwrap(input);
+    let body = found.body.trim();
+    let start = if starts_with_code(body.as_bytes()) {
+        0
+    } else {
+        find_code_start(body.as_bytes()).ok_or(NotAReply::NoCode)?
+    };
+    let body = &body[start..];
+    let b = body.as_bytes();
+    let code = u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
+    let (enhanced_at_start, text) = reply_text(body, code);
+    let enhanced = enhanced_at_start.or_else(|| enhanced_in_text(&text, code));
+    Ok(Reply {
+        code,
+        enhanced,
+        raw: body.to_owned(),
+        text,
+        stage: found.stage,
+        wrapper: found.wrapper,
+        remote_host: found.remote_host,
+        remote_ip: found.remote_ip,
+    })
+}
+
+/// NUL bytes, or more than one control character in eight, mean this is not text.
+fn looks_binary(b: &[u8]) -> bool {
+    let controls = b
+        .iter()
+        .filter(|&&c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
+        .count();
+    b.contains(&0) || controls * 8 > b.len()
+}
+
+/// `[2-5]dd` followed by end, space, tab, `-` or a line break.
+fn starts_with_code(b: &[u8]) -> bool {
+    b.len() >= 3
+        && (b'2'..=b'5').contains(&b[0])
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b.get(3), None | Some(b' ' | b'\t' | b'-' | b'\r' | b'\n'))
+}
+
+/// The first reply code that starts a word (after start, whitespace or one of `;:'"(<#`).
+fn find_code_start(b: &[u8]) -> Option<usize> {
+    (0..b.len()).find(|&i| {
+        (i == 0
+            || matches!(
+                b[i - 1],
+                b' ' | b'\t' | b'\r' | b'\n' | b';' | b':' | b'\'' | b'"' | b'(' | b'<' | b'#'
+            ))
+            && starts_with_code(&b[i..])
+    })
+}
+
+/// What [`unwrap`] found around the reply.
+struct Unwrapped<'a> {
+    body: &'a str,
+    wrapper: Wrapper,
+    stage: Option<Stage>,
+    remote_host: Option<String>,
+    remote_ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy)]
+enum Marker {
+    PostfixSaid,
+    PostfixRefused,
+    EximError,
+    Diagnostic,
+    ExchangeReturned,
+    ExchangeHash,
+}
+
+const MARKERS: &[(&str, Marker)] = &[
+    (" said: ", Marker::PostfixSaid),
+    (" refused to talk to me: ", Marker::PostfixRefused),
+    (
+        "SMTP error from remote mail server after ",
+        Marker::EximError,
+    ),
+    ("Diagnostic-Code:", Marker::Diagnostic),
+    ("Remote Server returned '", Marker::ExchangeReturned),
+    ("#SMTP#", Marker::ExchangeHash),
+];
+
+/// One automaton for all wrapper markers: a single pass finds the first one.
+static MARKER_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(MARKERS.iter().map(|(m, _)| m))
+        .expect("wrapper markers are valid literals")
+});
+
+fn unwrap(input: &str) -> Unwrapped<'_> {
+    let raw = Unwrapped {
+        body: input,
+        wrapper: Wrapper::Raw,
+        stage: None,
+        remote_host: None,
+        remote_ip: None,
+    };
+    // A reply at the very start is raw even if its text happens to contain a marker.
+    if starts_with_code(input.as_bytes()) && !input.contains("#SMTP#") {
+        return raw;
+    }
+    let Some(m) = MARKER_FINDER.find(input) else {
+        return raw;
+    };
+    let (before, after) = (&input[..m.start()], &input[m.end()..]);
+    match MARKERS[m.pattern().as_usize()].1 {
+        Marker::PostfixSaid | Marker::PostfixRefused => {
+            let refused = matches!(MARKERS[m.pattern().as_usize()].1, Marker::PostfixRefused);
+            let (host, ip) = host_before(before);
+            let (body, stage) = strip_in_reply_to(after);
+            Unwrapped {
+                body,
+                wrapper: Wrapper::Postfix,
+                stage: stage.or(refused.then_some(Stage::Connect)),
+                remote_host: host,
+                remote_ip: ip,
+            }
+        }
+        Marker::EximError => {
+            let stage = stage_from_command(after);
+            let (host, ip) = exim_host(after);
+            Unwrapped {
+                body: after,
+                wrapper: Wrapper::Exim,
+                stage,
+                remote_host: host,
+                remote_ip: ip,
+            }
+        }
+        Marker::Diagnostic => Unwrapped {
+            body: diagnostic_value(after),
+            wrapper: Wrapper::Dsn,
+            stage: None,
+            remote_host: remote_mta(input),
+            remote_ip: None,
+        },
+        Marker::ExchangeReturned => {
+            let inner = after.rfind('\'').map_or(after, |end| &after[..end]);
+            Unwrapped {
+                body: exchange_inner(inner),
+                wrapper: Wrapper::Exchange,
+                ..raw
+            }
+        }
+        Marker::ExchangeHash => Unwrapped {
+            body: exchange_inner(input),
+            wrapper: Wrapper::Exchange,
+            ..raw
+        },
+    }
+}
+
+/// Exchange's `#550 5.7.1 smtp;550 5.7.1 text> #SMTP#`: the reply follows `smtp;`.
+fn exchange_inner(s: &str) -> &str {
+    let s = match find_ci(s, "smtp;") {
+        Some(i) => &s[i + 5..],
+        None => s,
+    };
+    let s = match s.find("#SMTP#") {
+        Some(i) => &s[..i],
+        None => s,
+    };
+    s.trim().trim_end_matches('>').trim_end()
+}
+
+/// `Diagnostic-Code: smtp; …` and its folded continuation lines (RFC 5322 §2.2.3: a
+/// line starting with whitespace continues the field). The `smtp;` type is dropped.
+fn diagnostic_value(after: &str) -> &str {
+    let mut end = after.len();
+    let mut pos = 0;
+    for line in after.split_inclusive('\n') {
+        if pos > 0 && !line.starts_with([' ', '\t']) {
+            end = pos;
+            break;
+        }
+        pos += line.len();
+    }
+    let value = after[..end].trim_start();
+    match value.find(';') {
+        Some(i) if i < 16 && !value[..i].contains(' ') => &value[i + 1..],
+        _ => value,
+    }
+}
+
+/// `Remote-MTA: dns; mx.example.com` anywhere in a DSN.
+fn remote_mta(input: &str) -> Option<String> {
+    let at = find_ci(input, "Remote-MTA:")?;
+    let value = input[at + 11..].lines().next()?.trim();
+    let value = value.split_once(';').map_or(value, |(_, v)| v).trim();
+    (!value.is_empty()).then(|| value.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Postfix: `… (in reply to RCPT TO command)` at the end gives the stage; the body ends there.
+fn strip_in_reply_to(after: &str) -> (&str, Option<Stage>) {
+    if let Some(i) = after.rfind("(in reply to ") {
+        let tail = &after[i + 13..];
+        let cmd = tail.find(" command)").map_or(tail, |e| &tail[..e]);
+        return (&after[..i], stage_from_command(cmd));
+    }
+    // A whole Postfix log line: `status=deferred (host … said: …)`.
+    let body = after.trim_end();
+    let opens = body.bytes().filter(|&c| c == b'(').count();
+    let closes = body.bytes().filter(|&c| c == b')').count();
+    if closes > opens && body.ends_with(')') {
+        return (&body[..body.len() - 1], None);
+    }
+    (body, None)
+}
+
+/// Map the command words MTAs write (`RCPT TO`, `end of DATA`, `initial connection`)
+/// to a stage. Only the start of `s` is looked at.
+fn stage_from_command(s: &str) -> Option<Stage> {
+    let head = &s.as_bytes()[..s.len().min(32)];
+    let has = |w: &str| {
+        head.windows(w.len())
+            .any(|win| win.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    if has("end of data") || has("end of message") {
+        Some(Stage::EndOfData)
+    } else if has("rcpt to") {
+        Some(Stage::Rcpt)
+    } else if has("mail from") {
+        Some(Stage::Mail)
+    } else if has("data") || has("bdat") {
+        Some(Stage::Data)
+    } else if has("ehlo") || has("helo") || has("lhlo") {
+        Some(Stage::Ehlo)
+    } else if has("initial connection") || has("greeting") || has("connect") {
+        Some(Stage::Connect)
+    } else {
+        None
+    }
+}
+
+/// Postfix `host mx.example[192.0.2.1]` just before `said:`.
+fn host_before(before: &str) -> (Option<String>, Option<IpAddr>) {
+    let Some(i) = before.rfind("host ") else {
+        return (None, None);
+    };
+    split_host_ip(before[i + 5..].trim())
+}
+
+/// Exim `…: host mx.example [192.0.2.1]: 550 …` after the command.
+fn exim_host(after: &str) -> (Option<String>, Option<IpAddr>) {
+    let Some(i) = after.find(": host ") else {
+        return (None, None);
+    };
+    let rest = &after[i + 7..];
+    let end = rest.find("]:").map_or(rest.len().min(255), |e| e + 1);
+    split_host_ip(rest[..end].trim())
+}
+
+/// `name[ip]` or `name [ip]`.
+fn split_host_ip(s: &str) -> (Option<String>, Option<IpAddr>) {
+    let (name, ip) = match s.find('[') {
+        Some(i) => {
+            let ip = s[i + 1..].split(']').next().unwrap_or("");
+            (s[..i].trim(), ip.trim_start_matches("IPv6:").parse().ok())
+        }
+        None => (s.split_whitespace().next().unwrap_or(""), None),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let usable = !name.is_empty() && name.contains('.') && !name.contains(' ');
+    (usable.then_some(name), ip)
+}
+
+/// Case-insensitive ASCII substring search.
+fn find_ci(hay: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    if n.is_empty() || h.len() < n.len() {
+        return None;
+    }
+    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+/// Split `body` (starting with the code) into its enhanced code and its text.
+///
+/// Works on words so that CRLF, LF and bare CR line ends, header folding and Gmail's
+/// flattened `550-5.1.1 … 550-5.1.1 … 550 5.1.1 …` all come out the same: a `NNN-`
+/// prefix (same code) is always a continuation marker; a bare `NNN` word is one at
+/// the start of a line or once the reply has shown it is flattened; the enhanced code
+/// repeated right after such a marker is dropped (RFC 2034 §3 repeats it per line).
+fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
+    let code_str = [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ];
+    let b = body.as_bytes();
+    // Skip the first code and its separator.
+    let mut pos = 3;
+    if matches!(b.get(3), Some(b'-' | b' ' | b'\t')) {
+        pos = 4;
+    }
+    while matches!(b.get(pos), Some(b' ' | b'\t')) {
+        pos += 1;
+    }
+    let mut enhanced = None;
+    let mut enh_len = 0;
+    let hash = usize::from(b.get(pos) == Some(&b'#'));
+    if let Some((e, n)) = EnhancedCode::parse_prefix(&b[pos + hash..])
+        && matches!(
+            b.get(pos + hash + n),
+            None | Some(b' ' | b'\t' | b'\r' | b'\n')
+        )
+    {
+        enhanced = Some(e);
+        enh_len = n;
+        pos += hash + n;
+    }
+    let enh_bytes = &b[pos - enh_len..pos];
+    let is_enh = |w: &[u8]| {
+        enh_len > 0 && (w == enh_bytes || (w.first() == Some(&b'#') && &w[1..] == enh_bytes))
+    };
+
+    let mut text = String::with_capacity(b.len() - pos);
+    let mut flattened = false;
+    let mut at_line_start = false;
+    let mut drop_enh_next = false;
+    let mut i = pos;
+    while i < b.len() {
+        // Whitespace run: note whether it crossed a line break.
+        let ws_start = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[ws_start..i].iter().any(|&c| c == b'\n' || c == b'\r') {
+            at_line_start = true;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let w_start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut word = &b[w_start..i];
+        let line_start = std::mem::take(&mut at_line_start);
+        if word.len() >= 4 && word[..3] == code_str && word[3] == b'-' {
+            flattened = true;
+            word = &word[4..];
+            if word.is_empty() || is_enh(word) {
+                drop_enh_next = word.is_empty();
+                continue;
+            }
+        } else if word == code_str && (line_start || flattened) {
+            drop_enh_next = true;
+            continue;
+        } else if std::mem::take(&mut drop_enh_next) && is_enh(word) {
+            continue;
+        }
+        drop_enh_next = false;
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        // Word boundaries are ASCII whitespace, so the slice is valid UTF-8.
+        text.push_str(std::str::from_utf8(word).unwrap_or_default());
+    }
+    (enhanced, text)
+}
+
+/// An enhanced code inside the text (Yahoo: `553 Mail from x not allowed - 5.7.1 [BL23]`),
+/// accepted only when its class agrees with the basic code.
+fn enhanced_in_text(text: &str, code: u16) -> Option<EnhancedCode> {
+    text.split_ascii_whitespace().find_map(|w| {
+        let w = w
+            .trim_start_matches(['#', '('])
+            .trim_end_matches([',', ';', ')', ':']);
+        EnhancedCode::parse(w).filter(|e| e.class == code / 100)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_codes_keep_three_digit_details() {
+        let e = EnhancedCode::parse("4.7.500").unwrap();
+        assert_eq!((e.class, e.subject, e.detail), (4, 7, 500));
+        assert_eq!(e.to_string(), "4.7.500");
+        assert_eq!(EnhancedCode::parse("5.7.708").unwrap().detail, 708);
+        assert_eq!(EnhancedCode::parse("4.16.55.1"), None);
+        assert_eq!(EnhancedCode::parse("3.1.1"), None);
+        assert_eq!(EnhancedCode::parse("5.07.1"), None);
+        assert_eq!(EnhancedCode::parse("5.7.1000"), None);
+    }
+
+    #[test]
+    fn microsoft_server_busy_single_line() {
+        let r = parse("451 4.7.500 Server busy. Please try again later from [203.0.113.10]. (S77714) [BL6PEPF0001AB50.namprd04.prod.outlook.com 2024-07-14T14:44:43.083Z 08DCA36F759CD546]").unwrap();
+        assert_eq!(r.code, 451);
+        assert_eq!(r.enhanced.unwrap().to_string(), "4.7.500");
+        assert_eq!(r.enhanced_agrees(), Some(true));
+        assert!(r.text.starts_with("Server busy."));
+        assert_eq!(r.wrapper, Wrapper::Raw);
+    }
+
+    #[test]
+    fn multiline_with_each_line_ending() {
+        for sep in ["\r\n", "\n", "\r"] {
+            let input = format!(
+                "550-5.7.26 Unauthenticated email is not accepted{sep}550-5.7.26 from this domain.{sep}550 5.7.26 Learn more - gsmtp"
+            );
+            let r = parse(&input).unwrap();
+            assert_eq!(r.code, 550, "{sep:?}");
+            assert_eq!(r.enhanced.unwrap().to_string(), "5.7.26");
+            assert_eq!(
+                r.text,
+                "Unauthenticated email is not accepted from this domain. Learn more - gsmtp"
+            );
+            assert_eq!(r.lines().count(), 3);
+        }
+    }
+
+    #[test]
+    fn last_line_without_space_and_code_alone() {
+        let r = parse("250-mx.example\r\n250-PIPELINING\r\n250").unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(r.text, "mx.example PIPELINING");
+        let r = parse("550").unwrap();
+        assert_eq!((r.code, r.text.as_str(), r.enhanced), (550, "", None));
+    }
+
+    #[test]
+    fn gmail_flattened() {
+        let r = parse("550-5.1.1 The email account that you tried to reach does not exist. Please try 550-5.1.1 double-checking the recipient's email address for typos or 550-5.1.1 unnecessary spaces. Learn more at 550 5.1.1 https://support.google.com/mail/?p=NoSuchUser a1si123 - gsmtp").unwrap();
+        assert_eq!(r.code, 550);
+        assert_eq!(
+            r.text,
+            "The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces. Learn more at https://support.google.com/mail/?p=NoSuchUser a1si123 - gsmtp"
+        );
+    }
+
+    #[test]
+    fn postfix_wrapper() {
+        let r = parse("host mx.example.com[192.0.2.1] said: 451 4.7.500 Server busy. (S77714) (in reply to RCPT TO command)").unwrap();
+        assert_eq!(r.wrapper, Wrapper::Postfix);
+        assert_eq!(r.stage, Some(Stage::Rcpt));
+        assert_eq!(r.remote_host.as_deref(), Some("mx.example.com"));
+        assert_eq!(r.remote_ip, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(r.text, "Server busy. (S77714)");
+        let r = parse("Nov 23 10:00:01 relay postfix/smtp[123]: 4F2A: to=<a@b.example>, relay=mx.b.example[198.51.100.7]:25, delay=1, delays=0/0/0.5/0.5, dsn=5.1.1, status=bounced (host mx.b.example[198.51.100.7] said: 550 5.1.1 <a@b.example>: Recipient address rejected (in reply to end of DATA command))").unwrap();
+        assert_eq!(r.code, 550);
+        assert_eq!(r.stage, Some(Stage::EndOfData));
+        let r = parse("host mx.b.example[198.51.100.7] refused to talk to me: 554 5.7.1 Service unavailable; Client host [203.0.113.5] blocked using zen.spamhaus.org").unwrap();
+        assert_eq!(r.stage, Some(Stage::Connect));
+        assert_eq!(r.code, 554);
+    }
+
+    #[test]
+    fn exim_wrapper() {
+        let r = parse("SMTP error from remote mail server after RCPT TO:<a@b.example>: host mx.b.example [192.0.2.9]: 451 4.7.1 Try later").unwrap();
+        assert_eq!(r.wrapper, Wrapper::Exim);
+        assert_eq!(r.stage, Some(Stage::Rcpt));
+        assert_eq!(r.code, 451);
+        assert_eq!(r.remote_ip, Some("192.0.2.9".parse().unwrap()));
+        let r = parse("SMTP error from remote mail server after end of data: 550 5.7.1 Rejected")
+            .unwrap();
+        assert_eq!(r.stage, Some(Stage::EndOfData));
+    }
+
+    #[test]
+    fn dsn_with_folding() {
+        let r = parse("Action: failed\nStatus: 5.7.1\nRemote-MTA: dns; mx.b.example\nDiagnostic-Code: smtp; 550 5.7.1 Unfortunately, messages from\n    [203.0.113.5] weren't sent.\n    (S3150)\nLast-Attempt-Date: Mon, 23 Nov 2026").unwrap();
+        assert_eq!(r.wrapper, Wrapper::Dsn);
+        assert_eq!(r.code, 550);
+        assert_eq!(
+            r.text,
+            "Unfortunately, messages from [203.0.113.5] weren't sent. (S3150)"
+        );
+        assert_eq!(r.remote_host.as_deref(), Some("mx.b.example"));
+    }
+
+    #[test]
+    fn exchange_wrappers() {
+        let r = parse(
+            "Remote Server returned '550 5.7.1 RESOLVER.RST.AuthRequired; authentication required'",
+        )
+        .unwrap();
+        assert_eq!(r.wrapper, Wrapper::Exchange);
+        assert_eq!(r.code, 550);
+        let r = parse("#550 5.7.1 smtp;550 5.7.1 Unfortunately, messages from [203.0.113.5] weren't sent. (S3150)> #SMTP#").unwrap();
+        assert_eq!(r.wrapper, Wrapper::Exchange);
+        assert_eq!(
+            r.text,
+            "Unfortunately, messages from [203.0.113.5] weren't sent. (S3150)"
+        );
+    }
+
+    #[test]
+    fn enhanced_code_in_the_middle_and_disagreeing() {
+        let r =
+            parse("553 Mail from 203.0.113.5 not allowed - 5.7.1 [BL23] Connections not accepted")
+                .unwrap();
+        assert_eq!(r.enhanced.unwrap().to_string(), "5.7.1");
+        let r = parse("421 5.7.32 From header not aligned").unwrap();
+        assert_eq!(r.enhanced_agrees(), Some(false));
+        let r = parse("421 4.7.0 [TSS04] Messages deferred - 4.16.55.1; see x").unwrap();
+        assert_eq!(r.enhanced.unwrap().to_string(), "4.7.0");
+    }
+
+    #[test]
+    fn bad_input_is_not_a_reply() {
+        assert_eq!(parse(""), Err(NotAReply::Empty));
+        assert_eq!(parse("   \n "), Err(NotAReply::Empty));
+        assert_eq!(parse("hello world"), Err(NotAReply::NoCode));
+        assert_eq!(parse("12345"), Err(NotAReply::NoCode));
+        assert_eq!(parse("999 nope"), Err(NotAReply::NoCode));
+        assert_eq!(parse_bytes(b"\x00\x01\x02binary"), Err(NotAReply::Binary));
+        assert_eq!(parse_bytes(b"550 5.1.1 caf\xe9 unknown").unwrap().code, 550);
+        let long = "x".repeat(100_000);
+        assert_eq!(parse(&long), Err(NotAReply::NoCode));
+        let long = format!("550 5.1.1 {}", "y ".repeat(50_000));
+        assert_eq!(parse(&long).unwrap().code, 550);
+    }
+}

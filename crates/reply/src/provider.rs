@@ -1,0 +1,115 @@
+//! Provider recognition from the receiving MX host name and from markers in reply
+//! text. The knowledge lives in `rules/providers.toml` (embedded).
+
+use serde::Deserialize;
+use std::sync::LazyLock;
+
+/// The embedded provider table.
+pub const PROVIDERS_TOML: &str = include_str!("../rules/providers.toml");
+
+/// One provider: its name, MX host patterns and text markers.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDef {
+    /// Stable short name (`microsoft`, `google`, …) used in verdicts and paths.
+    pub name: String,
+    /// Where the patterns come from.
+    pub source: String,
+    /// MX host patterns: `*.suffix` or an exact host name.
+    #[serde(default)]
+    pub mx: Vec<String>,
+    /// Case-insensitive literal phrases that identify the provider in reply text.
+    #[serde(default)]
+    pub markers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ProviderFile {
+    provider: Vec<ProviderDef>,
+}
+
+/// Parse a providers file (the embedded one, or a user's).
+pub fn parse_providers(text: &str) -> Result<Vec<ProviderDef>, toml::de::Error> {
+    Ok(toml::from_str::<ProviderFile>(text)?.provider)
+}
+
+/// The embedded providers, parsed once.
+pub static PROVIDERS: LazyLock<Vec<ProviderDef>> = LazyLock::new(|| {
+    parse_providers(PROVIDERS_TOML).expect("embedded providers.toml is valid (tested)")
+});
+
+/// The provider a receiving MX host belongs to, e.g.
+/// `contoso-com.mail.protection.outlook.com` → `microsoft`. Case-insensitive; a
+/// trailing dot is ignored.
+pub fn provider_for_host(host: &str) -> Option<&'static str> {
+    host_match(&PROVIDERS, host).map(|i| PROVIDERS[i].name.as_str())
+}
+
+/// Index of the first provider in `defs` whose MX patterns match `host`.
+pub(crate) fn host_match(defs: &[ProviderDef], host: &str) -> Option<usize> {
+    let host = host.trim().trim_end_matches('.');
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    let h = host.as_bytes();
+    defs.iter().position(|d| {
+        d.mx.iter().any(|pat| match pat.strip_prefix("*.") {
+            // Bytes, not str slices: the host may be arbitrary (non-ASCII) text.
+            Some(suffix) => {
+                let s = suffix.as_bytes();
+                h.len() >= s.len()
+                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                    && (h.len() == s.len() || h[h.len() - s.len() - 1] == b'.')
+            }
+            None => host.eq_ignore_ascii_case(pat),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mx_hosts_map_to_providers() {
+        let cases = [
+            ("contoso-com.mail.protection.outlook.com", "microsoft"),
+            ("contoso-com.a-v1.mx.microsoft", "microsoft"),
+            ("hotmail-com.olc.protection.outlook.com.", "microsoft"),
+            ("ASPMX.L.GOOGLE.COM", "google"),
+            ("alt1.gmail-smtp-in.l.google.com", "google"),
+            ("mta5.am0.yahoodns.net", "yahoo"),
+            ("mx-aol.mail.gm0.yahoodns.net", "yahoo"),
+            ("mx01.mail.icloud.com", "apple"),
+            ("mx1a1.comcast.net", "comcast"),
+            ("mx00.emig.gmx.net", "gmx"),
+            ("mx-ha03.web.de", "gmx"),
+            ("smtp-in.orange.fr", "orange"),
+            ("mxs.mail.ru", "mailru"),
+            ("mx0a-001b2d01.pphosted.com", "proofpoint"),
+            ("eu-smtp-inbound-1.mimecast.com", "mimecast"),
+            ("d12345a.ess.barracudanetworks.com", "barracuda"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(provider_for_host(host), Some(want), "{host}");
+        }
+    }
+
+    #[test]
+    fn suffixes_match_on_label_boundaries_only() {
+        assert_eq!(provider_for_host("evilgoogle.com"), None);
+        assert_eq!(provider_for_host("google.com.evil.example"), None);
+        assert_eq!(provider_for_host("mx.example.org"), None);
+        assert_eq!(provider_for_host(""), None);
+        assert_eq!(provider_for_host("ü.google.com"), Some("google"));
+        assert_eq!(provider_for_host("éé"), None);
+    }
+
+    #[test]
+    fn every_provider_cites_a_source() {
+        for p in PROVIDERS.iter() {
+            assert!(p.source.len() > 20, "{} lacks a source", p.name);
+            assert!(!p.mx.is_empty(), "{} has no MX patterns", p.name);
+        }
+    }
+}
