@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use mxpace_events::{Event, EventType};
+use mxpace_pacing::flight::receiver::Reply;
 use mxpace_pacing::flight::{self, POLICIES, Report, scenario::SCENARIOS, scenario::Scenario};
 use mxpace_pacing::{PacingChange, PacingConfig, Trigger};
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ struct FlightArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Receiver to fly against: `sim` (the `mxpace sim` receiver model, crates/sim,
+    /// configured per scenario) or `model` (the simulator's own compact model).
+    #[arg(long, value_name = "KIND", default_value = "sim")]
+    receiver: String,
     /// Seed of every random choice (same seed, same figures).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -114,7 +119,13 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
             s
         })
         .collect();
-    let report = flight::run_all(&scenarios, &config, a.seed);
+    let report = match a.receiver.as_str() {
+        "model" => flight::run_all(&scenarios, &config, a.seed),
+        "sim" => flight::run_all_with(&scenarios, &config, a.seed, &mut |s, seed| {
+            Box::new(SimReceiver::new(s, seed))
+        }),
+        other => anyhow::bail!("unknown --receiver {other:?} (sim or model)"),
+    };
     if let Some(path) = &a.events {
         write_events(path, &scenarios, &config, a.seed)?;
     }
@@ -124,6 +135,148 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         print_table(&report, &names);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `mxpace sim` receiver model (crates/sim, Microsoft profile) behind the flight
+/// simulator's receiver trait, set up with a scenario's hidden parameters. Sessions
+/// run the whole dialogue (EHLO, MAIL, RCPT, DATA); recipients are `m<ID>@<tenant>.example`.
+struct SimReceiver {
+    rx: mxpace_sim::Receiver,
+    open: std::collections::HashMap<std::net::IpAddr, Vec<mxpace_sim::SessionId>>,
+    accepted: std::collections::HashSet<u64>,
+    duplicates: u64,
+    tenant_window: Option<(String, f64, f64)>,
+    incident_window: Option<(f64, f64, f64)>,
+}
+
+impl SimReceiver {
+    fn new(s: &Scenario, seed: u64) -> SimReceiver {
+        let mut p = mxpace_sim::Profile::builtin("microsoft").expect("built-in profile");
+        let m = &s.receiver;
+        p.limits.per_ip_rate = m.per_ip_rate;
+        p.limits.burst = m.burst;
+        p.limits.per_ip_connections = m.per_ip_connections;
+        p.limits.penalty_secs = m.penalty_secs;
+        p.limits.retry_penalty_secs = m.retry_penalty_secs;
+        p.limits.max_penalty_secs = m.max_penalty_secs;
+        if let Some((start, growth)) = m.warmup {
+            p.warmup.all_ips = true;
+            p.warmup.start_rate = start;
+            p.warmup.daily_growth = growth;
+            p.warmup.time_compression = 1.0;
+        }
+        p.tenant_pressure.domains = Vec::new();
+        p.incident.share = 0.0;
+        p.incident.elsewhere_share = 0.0;
+        SimReceiver {
+            rx: mxpace_sim::Receiver::new(p, seed),
+            open: Default::default(),
+            accepted: Default::default(),
+            duplicates: 0,
+            tenant_window: m.tenant_pressure.clone(),
+            incident_window: m.incident,
+        }
+    }
+
+    /// Tenant pressure and incidents are timed in a scenario; the sim profile's are
+    /// switched on and off accordingly.
+    fn apply_windows(&mut self, t: f64) {
+        let p = self.rx.profile_mut();
+        if let Some((tenant, from, to)) = &self.tenant_window {
+            p.tenant_pressure.domains = if (*from..*to).contains(&t) {
+                vec![format!("{tenant}.example")]
+            } else {
+                Vec::new()
+            };
+            p.tenant_pressure.share = 1.0;
+        }
+        if let Some((share, from, to)) = self.incident_window {
+            p.incident.hosts = Vec::new();
+            p.incident.share = if (from..to).contains(&t) { share } else { 0.0 };
+        }
+    }
+
+    fn reply(r: mxpace_sim::Reply, stage: mxpace_reply::Stage, source: std::net::IpAddr) -> Reply {
+        Reply {
+            key: Some(format!("{}/{:?}/{source}", r.code, r.reason)),
+            code: r.code,
+            text: r.text,
+            stage,
+            meaning: None,
+        }
+    }
+}
+
+impl flight::receiver::Receiver for SimReceiver {
+    fn connect(
+        &mut self,
+        source: std::net::IpAddr,
+        _tenant: &str,
+        now: mxpace_pacing::Moment,
+    ) -> Reply {
+        use mxpace_reply::Stage;
+        let t = std::time::Duration::from_millis(now.0);
+        self.apply_windows(now.as_secs_f64());
+        match self.rx.connect(t, source, "127.0.0.1:25") {
+            Ok((id, banner)) => {
+                self.rx.ehlo(t, id, "flight.example");
+                self.open.entry(source).or_default().push(id);
+                Self::reply(banner, Stage::Connect, source)
+            }
+            Err(refusal) => Self::reply(refusal, Stage::Connect, source),
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        source: std::net::IpAddr,
+        tenant: &str,
+        id: u64,
+        now: mxpace_pacing::Moment,
+    ) -> Reply {
+        use mxpace_reply::Stage;
+        let t = std::time::Duration::from_millis(now.0);
+        self.apply_windows(now.as_secs_f64());
+        let session = match self.open.get(&source).and_then(|v| v.last()) {
+            Some(s) => *s,
+            None => match self.rx.connect(t, source, "127.0.0.1:25") {
+                Ok((s, _)) => {
+                    self.rx.ehlo(t, s, "flight.example");
+                    self.open.entry(source).or_default().push(s);
+                    s
+                }
+                Err(refusal) => return Self::reply(refusal, Stage::Connect, source),
+            },
+        };
+        let mail = self.rx.mail_from(t, session, "sender@flight.example");
+        if mail.code >= 400 {
+            self.rx.rset(t, session);
+            return Self::reply(mail, Stage::Mail, source);
+        }
+        let rcpt = self.rx.rcpt(t, session, &format!("m{id}@{tenant}.example"));
+        if rcpt.code >= 400 {
+            self.rx.rset(t, session);
+            return Self::reply(rcpt, Stage::Rcpt, source);
+        }
+        self.rx.data(t, session);
+        let out = self
+            .rx
+            .data_end(t, session, Some(&format!("<{id}@flight.example>")));
+        if !out.accepted.is_empty() && !self.accepted.insert(id) {
+            self.duplicates += 1;
+        }
+        Self::reply(out.reply, Stage::EndOfData, source)
+    }
+
+    fn close(&mut self, source: std::net::IpAddr, now: mxpace_pacing::Moment) {
+        if let Some(s) = self.open.get_mut(&source).and_then(|v| v.pop()) {
+            self.rx.close(std::time::Duration::from_millis(now.0), s);
+        }
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
 }
 
 /// Unix milliseconds of 2026-01-01T00:00:00Z, the simulated start in event files.
