@@ -158,6 +158,7 @@ pub struct PathPacing {
     paused_until: Option<Moment>,
     last_cut_rate: Option<f64>,
     last_cut: Option<Moment>,
+    increased_since_cut: bool,
     last_increase: Moment,
     successes_since_increase: u32,
     pauses_in_memory: u32,
@@ -188,6 +189,7 @@ impl PathPacing {
             paused_until: None,
             last_cut_rate: None,
             last_cut: None,
+            increased_since_cut: false,
             last_increase: now,
             successes_since_increase: 0,
             pauses_in_memory: 0,
@@ -474,7 +476,13 @@ impl PathPacing {
         } else {
             self.cfg.decrease_factor
         };
-        self.last_cut_rate = Some(self.rate);
+        // Remember the rate that ran into trouble — but a chain of cuts with no increase
+        // between them (an incident, a long throttle) keeps the first: the rate that
+        // worked before, not the floor the chain drove us to.
+        if self.last_cut_rate.is_none() || self.increased_since_cut {
+            self.last_cut_rate = Some(self.rate);
+        }
+        self.increased_since_cut = false;
         self.last_cut = Some(now);
         self.rate = (self.rate * factor).max(self.cfg.rate_floor);
         self.connections =
@@ -582,6 +590,7 @@ impl PathPacing {
             }
         };
         self.rate = new_rate.min(self.cfg.rate_ceiling);
+        self.increased_since_cut = true;
         // An increase earned means the last pause worked: the next one starts short again.
         self.pauses_in_memory = 0;
         self.last_pause_end = None;

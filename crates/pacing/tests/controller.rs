@@ -472,3 +472,40 @@ fn an_operator_pause_holds_every_stream_and_the_snapshot_says_why() {
     assert_eq!(json["state"], "stopped");
     assert_eq!(json["path"]["provider"], "yahoo");
 }
+
+#[test]
+fn after_a_chain_of_cuts_the_path_climbs_back_towards_the_rate_that_worked_before() {
+    let mut p = pacing();
+    let a = path(IP_A, "google");
+    let r0 = rate(&mut p, &a, t(0));
+    let v = s77714(IP_A);
+    // An hour-long incident: a throttle after every rest, no success in between.
+    let mut now = 0;
+    for _ in 0..6 {
+        p.on_outcome(&a, Outcome::Deferred(&v), t(now));
+        now = p
+            .path(&a, t(now))
+            .snapshot(t(now))
+            .until
+            .unwrap()
+            .as_secs_f64() as u64
+            + 1;
+    }
+    let low = rate(&mut p, &a, t(now));
+    assert!(low < r0 * 0.3, "{low}");
+    // Ten minutes of clean sending afterwards: back near the rate before the incident.
+    for s in now..now + 600 {
+        for _ in 0..5 {
+            if let (Gate::Go, _) = p.try_send(&a, Stream::Bulk, t(s)) {
+                p.on_outcome(&a, Outcome::Delivered, t(s));
+            }
+        }
+    }
+    let back = rate(&mut p, &a, t(now + 600));
+    // (The plateau's 20 minutes since the last cut are over by then, so it may have
+    // probed beyond by +2/min per minute.)
+    assert!(
+        back >= r0 * 0.9 && back <= r0 * 0.95 + 2.0 * 10.0,
+        "{low} -> {back} (r0 {r0})"
+    );
+}

@@ -20,6 +20,7 @@ fn busy(ip: &str) -> Reply {
         text: format!("451 4.7.500 Server busy. Please try again later from [{ip}]. (S77714)"),
         stage: Stage::Rcpt,
         meaning: None,
+        key: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn postfix_does_not_slow_down_for_a_451_at_rcpt_but_does_for_refused_sessions() 
         text: "421 4.7.652 too many connections".into(),
         stage: Stage::Connect,
         meaning: None,
+        key: None,
     };
     p.on_connect_refused(0, 0, &refused, &v, t(31));
     assert_eq!(p.sessions(0, 0, 0, t(31)), 19);

@@ -125,6 +125,12 @@ impl Receiver {
         &self.profile
     }
 
+    /// The profile in use, to change while running (the pacing flight simulator starts
+    /// and ends tenant pressure and incidents at scenario times).
+    pub fn profile_mut(&mut self) -> &mut Profile {
+        &mut self.profile
+    }
+
     /// Open sessions (for tests and stats).
     pub fn open_sessions(&self) -> usize {
         self.sessions.len()

@@ -2,8 +2,10 @@
 //! flight simulator) and `mxpace demo`.
 
 use anyhow::Context;
-use mxpace_pacing::PacingConfig;
+use mxpace_events::{Event, EventType};
+use mxpace_pacing::flight::receiver::Reply;
 use mxpace_pacing::flight::{self, POLICIES, Report, scenario::SCENARIOS, scenario::Scenario};
+use mxpace_pacing::{PacingChange, PacingConfig, Trigger};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +36,10 @@ struct FlightArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Receiver to fly against: `sim` (the `mxpace sim` receiver model, crates/sim,
+    /// configured per scenario) or `model` (the simulator's own compact model).
+    #[arg(long, value_name = "KIND", default_value = "sim")]
+    receiver: String,
     /// Seed of every random choice (same seed, same figures).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -48,6 +54,10 @@ struct FlightArgs {
     /// (default 1).
     #[arg(long, value_name = "SECS")]
     retry_penalty_secs: Option<f64>,
+    /// Also write mxpace's pacing changes of each run as events (JSONL, `type: "pacing"`),
+    /// timed from 2026-01-01T00:00:00Z as the simulation's start.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// A pacing config file overriding the built-in defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -109,13 +119,193 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
             s
         })
         .collect();
-    let report = flight::run_all(&scenarios, &config, a.seed);
+    let report = match a.receiver.as_str() {
+        "model" => flight::run_all(&scenarios, &config, a.seed),
+        "sim" => flight::run_all_with(&scenarios, &config, a.seed, &mut |s, seed| {
+            Box::new(SimReceiver::new(s, seed))
+        }),
+        other => anyhow::bail!("unknown --receiver {other:?} (sim or model)"),
+    };
+    if let Some(path) = &a.events {
+        write_events(path, &scenarios, &config, a.seed)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report, &names);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `mxpace sim` receiver model (crates/sim, Microsoft profile) behind the flight
+/// simulator's receiver trait, set up with a scenario's hidden parameters. Sessions
+/// run the whole dialogue (EHLO, MAIL, RCPT, DATA); recipients are `m<ID>@<tenant>.example`.
+struct SimReceiver {
+    rx: mxpace_sim::Receiver,
+    open: std::collections::HashMap<std::net::IpAddr, Vec<mxpace_sim::SessionId>>,
+    accepted: std::collections::HashSet<u64>,
+    duplicates: u64,
+    tenant_window: Option<(String, f64, f64)>,
+    incident_window: Option<(f64, f64, f64)>,
+}
+
+impl SimReceiver {
+    fn new(s: &Scenario, seed: u64) -> SimReceiver {
+        let mut p = mxpace_sim::Profile::builtin("microsoft").expect("built-in profile");
+        let m = &s.receiver;
+        p.limits.per_ip_rate = m.per_ip_rate;
+        p.limits.burst = m.burst;
+        p.limits.per_ip_connections = m.per_ip_connections;
+        p.limits.penalty_secs = m.penalty_secs;
+        p.limits.retry_penalty_secs = m.retry_penalty_secs;
+        p.limits.max_penalty_secs = m.max_penalty_secs;
+        if let Some((start, growth)) = m.warmup {
+            p.warmup.all_ips = true;
+            p.warmup.start_rate = start;
+            p.warmup.daily_growth = growth;
+            p.warmup.time_compression = 1.0;
+        }
+        p.tenant_pressure.domains = Vec::new();
+        p.incident.share = 0.0;
+        p.incident.elsewhere_share = 0.0;
+        SimReceiver {
+            rx: mxpace_sim::Receiver::new(p, seed),
+            open: Default::default(),
+            accepted: Default::default(),
+            duplicates: 0,
+            tenant_window: m.tenant_pressure.clone(),
+            incident_window: m.incident,
+        }
+    }
+
+    /// Tenant pressure and incidents are timed in a scenario; the sim profile's are
+    /// switched on and off accordingly.
+    fn apply_windows(&mut self, t: f64) {
+        let p = self.rx.profile_mut();
+        if let Some((tenant, from, to)) = &self.tenant_window {
+            p.tenant_pressure.domains = if (*from..*to).contains(&t) {
+                vec![format!("{tenant}.example")]
+            } else {
+                Vec::new()
+            };
+            p.tenant_pressure.share = 1.0;
+        }
+        if let Some((share, from, to)) = self.incident_window {
+            p.incident.hosts = Vec::new();
+            p.incident.share = if (from..to).contains(&t) { share } else { 0.0 };
+        }
+    }
+
+    fn reply(r: mxpace_sim::Reply, stage: mxpace_reply::Stage, source: std::net::IpAddr) -> Reply {
+        Reply {
+            key: Some(format!("{}/{:?}/{source}", r.code, r.reason)),
+            code: r.code,
+            text: r.text,
+            stage,
+            meaning: None,
+        }
+    }
+}
+
+impl flight::receiver::Receiver for SimReceiver {
+    fn connect(
+        &mut self,
+        source: std::net::IpAddr,
+        _tenant: &str,
+        now: mxpace_pacing::Moment,
+    ) -> Reply {
+        use mxpace_reply::Stage;
+        let t = std::time::Duration::from_millis(now.0);
+        self.apply_windows(now.as_secs_f64());
+        match self.rx.connect(t, source, "127.0.0.1:25") {
+            Ok((id, banner)) => {
+                self.rx.ehlo(t, id, "flight.example");
+                self.open.entry(source).or_default().push(id);
+                Self::reply(banner, Stage::Connect, source)
+            }
+            Err(refusal) => Self::reply(refusal, Stage::Connect, source),
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        source: std::net::IpAddr,
+        tenant: &str,
+        id: u64,
+        now: mxpace_pacing::Moment,
+    ) -> Reply {
+        use mxpace_reply::Stage;
+        let t = std::time::Duration::from_millis(now.0);
+        self.apply_windows(now.as_secs_f64());
+        let session = match self.open.get(&source).and_then(|v| v.last()) {
+            Some(s) => *s,
+            None => match self.rx.connect(t, source, "127.0.0.1:25") {
+                Ok((s, _)) => {
+                    self.rx.ehlo(t, s, "flight.example");
+                    self.open.entry(source).or_default().push(s);
+                    s
+                }
+                Err(refusal) => return Self::reply(refusal, Stage::Connect, source),
+            },
+        };
+        let mail = self.rx.mail_from(t, session, "sender@flight.example");
+        if mail.code >= 400 {
+            self.rx.rset(t, session);
+            return Self::reply(mail, Stage::Mail, source);
+        }
+        let rcpt = self.rx.rcpt(t, session, &format!("m{id}@{tenant}.example"));
+        if rcpt.code >= 400 {
+            self.rx.rset(t, session);
+            return Self::reply(rcpt, Stage::Rcpt, source);
+        }
+        self.rx.data(t, session);
+        let out = self
+            .rx
+            .data_end(t, session, Some(&format!("<{id}@flight.example>")));
+        if !out.accepted.is_empty() && !self.accepted.insert(id) {
+            self.duplicates += 1;
+        }
+        Self::reply(out.reply, Stage::EndOfData, source)
+    }
+
+    fn close(&mut self, source: std::net::IpAddr, now: mxpace_pacing::Moment) {
+        if let Some(s) = self.open.get_mut(&source).and_then(|v| v.pop()) {
+            self.rx.close(std::time::Duration::from_millis(now.0), s);
+        }
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+}
+
+/// Unix milliseconds of 2026-01-01T00:00:00Z, the simulated start in event files.
+const SIM_START_MS: u64 = 1_767_225_600_000;
+
+fn write_events(
+    path: &std::path::Path,
+    scenarios: &[Scenario],
+    config: &PacingConfig,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = mxpace_events::EventWriter::new(std::io::BufWriter::new(file));
+    for s in scenarios {
+        let mut p = flight::policy::Mxpace::new(config.clone(), s.ips).with_change_log();
+        flight::run(s, &mut p, seed);
+        for change in p.change_log() {
+            let mut change = change.clone();
+            change.at = mxpace_pacing::Moment(change.at.0 + SIM_START_MS);
+            let mut e = pacing_event(&change);
+            e.origin = Some(format!("flight-simulator:{}", s.name));
+            out.write(&e)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -181,4 +371,86 @@ fn print_table(r: &Report, order: &[&str]) {
 /// The one-command demo. Needs the relay and the receiver simulator, not landed yet.
 pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`mxpace demo` needs the relay, which is not built yet")
+}
+
+/// A change of a path's limits or state as an event of `type: "pacing"`, for the one
+/// event log. `change.at` is read as milliseconds since the Unix epoch (the relay's
+/// clock). The reply that moved the limits is in `reply` when a receiver's reply did;
+/// `extra` holds the trigger, the limits before and after, the states and the band.
+pub fn pacing_event(change: &PacingChange) -> Event {
+    // The event's time type comes from the events crate; start from the epoch through
+    // the schema itself (this crate does not name the time crate) and add the offset.
+    let mut e: Event = serde_json::from_value(serde_json::json!({
+        "type": "pacing", "time": "1970-01-01T00:00:00Z"
+    }))
+    .expect("a minimal pacing event matches the schema");
+    e.time += std::time::Duration::from_millis(change.at.0);
+    debug_assert_eq!(e.kind, EventType::Pacing);
+    e.source_ip = Some(change.path.source_ip);
+    e.provider = Some(change.path.provider.clone());
+    let from_reply = matches!(
+        change.trigger,
+        Trigger::SlowDown
+            | Trigger::Pause
+            | Trigger::StopSource
+            | Trigger::BreakerOpen
+            | Trigger::Band
+    ) && change
+        .reason
+        .get(..3)
+        .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()));
+    if from_reply {
+        e.reply = Some(change.reason.clone());
+    }
+    fn v<T: serde::Serialize>(x: &T) -> serde_json::Value {
+        serde_json::to_value(x).unwrap_or(serde_json::Value::Null)
+    }
+    e.extra.insert("trigger".into(), v(&change.trigger));
+    e.extra.insert("from".into(), v(&change.from));
+    e.extra.insert("to".into(), v(&change.to));
+    e.extra.insert("state_from".into(), v(&change.state_from));
+    e.extra.insert("state_to".into(), v(&change.state_to));
+    e.extra.insert("band".into(), v(&change.band));
+    e.extra.insert(
+        "reason".into(),
+        serde_json::Value::String(change.reason.clone()),
+    );
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mxpace_pacing::{Moment, Outcome, Pacing, Path};
+    use mxpace_reply::{Scope, Throttle, Verdict};
+
+    #[test]
+    fn a_cut_becomes_a_pacing_event_carrying_the_reply_that_moved_it() {
+        let mut p = Pacing::new(PacingConfig::builtin());
+        let path: Path = "192.0.2.10@microsoft".parse().unwrap();
+        let text = "451 4.7.500 Server busy. Please try again later from [192.0.2.10]. (S77714)";
+        let v = Verdict {
+            throttle: Throttle::SlowDown,
+            scope: Scope::SendingIp,
+            ips: vec!["192.0.2.10".parse().unwrap()],
+            text: text.into(),
+            ..Verdict::default()
+        };
+        // 2026-11-23T12:00:00Z
+        let at = Moment(1_795_435_200_000);
+        let changes = p.on_outcome(&path, Outcome::Deferred(&v), at);
+        let e = pacing_event(&changes[0]);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["type"], "pacing");
+        assert_eq!(json["time"], "2026-11-23T12:00:00Z");
+        assert_eq!(json["source_ip"], "192.0.2.10");
+        assert_eq!(json["provider"], "microsoft");
+        assert_eq!(json["reply"], text);
+        assert_eq!(json["extra"]["trigger"], "slow-down");
+        assert_eq!(json["extra"]["state_to"], "paused");
+        assert!(
+            json["extra"]["to"]["rate_per_min"].as_f64().unwrap()
+                < json["extra"]["from"]["rate_per_min"].as_f64().unwrap()
+        );
+    }
 }

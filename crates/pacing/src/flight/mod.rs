@@ -98,7 +98,8 @@ struct Classifier {
 impl Classifier {
     fn verdict(&mut self, r: &Reply) -> Verdict {
         self.total += 1;
-        if let Some((v, labelled)) = self.cache.get(&r.text) {
+        let key = r.key.as_deref().unwrap_or(&r.text);
+        if let Some((v, labelled)) = self.cache.get(key) {
             self.labelled += u64::from(*labelled);
             return v.clone();
         }
@@ -108,7 +109,10 @@ impl Classifier {
             _ => (v, false),
         };
         self.labelled += u64::from(labelled);
-        self.cache.insert(r.text.clone(), (v.clone(), labelled));
+        self.cache.insert(
+            r.key.clone().unwrap_or_else(|| r.text.clone()),
+            (v.clone(), labelled),
+        );
         v
     }
 }
@@ -354,8 +358,24 @@ pub fn run_with(
     (result, labelled)
 }
 
-/// Run `scenarios` × [`POLICIES`] at `scale` with `seed`.
+/// Run `scenarios` × [`POLICIES`] with `seed` against the simulator's own model receiver.
 pub fn run_all(scenarios: &[Scenario], config: &PacingConfig, seed: u64) -> Report {
+    run_all_with(scenarios, config, seed, &mut |s, seed| {
+        Box::new(ModelReceiver::new(s.receiver.clone(), seed))
+    })
+}
+
+/// A fresh receiver for one run of a scenario.
+pub type ReceiverFactory<'a> = dyn FnMut(&Scenario, u64) -> Box<dyn Receiver> + 'a;
+
+/// Run `scenarios` × [`POLICIES`] with `seed`, each run against a fresh receiver from
+/// `receiver` (the same seed for every policy: same receiver draws).
+pub fn run_all_with(
+    scenarios: &[Scenario],
+    config: &PacingConfig,
+    seed: u64,
+    receiver: &mut ReceiverFactory<'_>,
+) -> Report {
     let mut report = Report {
         scenarios: BTreeMap::new(),
         seed,
@@ -366,7 +386,8 @@ pub fn run_all(scenarios: &[Scenario], config: &PacingConfig, seed: u64) -> Repo
         let mut policies = BTreeMap::new();
         for name in POLICIES {
             let mut p = policy(name, s, config).expect("known policy");
-            let (r, labelled) = run(s, p.as_mut(), seed);
+            let mut rx = receiver(s, seed);
+            let (r, labelled) = run_with(s, p.as_mut(), rx.as_mut(), seed);
             labelled_sum += labelled;
             runs += 1.0;
             policies.insert(name.to_string(), r);

@@ -245,10 +245,9 @@ impl Policy for Postfix {
         }
     }
 
-    fn on_reply(&mut self, ip: usize, tenant: usize, reply: &Reply, _v: &Verdict, _now: Moment) {
+    fn on_reply(&mut self, ip: usize, tenant: usize, _reply: &Reply, _v: &Verdict, _now: Moment) {
         let q = self.q(ip, tenant);
         // Any completed session counts as positive feedback, whatever the RCPT reply.
-        let _ = reply;
         self.fail_cohorts[q] = 0.0;
         self.window[q] = (self.window[q] + 1.0).min(20.0);
     }

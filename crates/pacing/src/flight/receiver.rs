@@ -25,6 +25,9 @@ pub struct Reply {
     pub stage: Stage,
     /// What the model meant, for use while the reply classifier cannot yet read the text.
     pub meaning: Option<Verdict>,
+    /// Replies with the same key classify alike (their texts differ only in ids and
+    /// timestamps); the simulator classifies one per key. None: the text is the key.
+    pub key: Option<String>,
 }
 
 impl Reply {
@@ -137,6 +140,7 @@ impl ModelReceiver {
         Reply {
             code: 451,
             stage,
+            key: None,
             meaning: Some(Verdict {
                 code: Some(451),
                 enhanced: Some("4.7.500".into()),
@@ -168,6 +172,7 @@ impl Receiver for ModelReceiver {
             return Reply {
                 code: 421,
                 stage: Stage::Connect,
+                key: None,
                 meaning: Some(Verdict {
                     code: Some(421),
                     enhanced: Some("4.7.652".into()),
@@ -190,6 +195,7 @@ impl Receiver for ModelReceiver {
             text: format!("220 {HOST} Microsoft ESMTP MAIL Service ready"),
             stage: Stage::Connect,
             meaning: None,
+            key: None,
         }
     }
 
@@ -211,6 +217,7 @@ impl Receiver for ModelReceiver {
             return Reply {
                 code: 450,
                 stage: Stage::Rcpt,
+                key: None,
                 meaning: Some(Verdict {
                     code: Some(450),
                     enhanced: Some("4.7.3".into()),
@@ -248,6 +255,7 @@ impl Receiver for ModelReceiver {
             text: "250 2.6.0 Queued mail for delivery".into(),
             stage: Stage::EndOfData,
             meaning: None,
+            key: None,
         }
     }
 
