@@ -1311,6 +1311,9 @@ fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
         "could not mount a 4 MB tmpfs (the test needs root)"
     );
     let _mount = Mount(spool_fs.clone());
+    // Room to free later, to show the relay recovers without a restart.
+    let filler = spool_fs.join("filler");
+    std::fs::write(&filler, vec![0u8; 1_000_000]).unwrap();
     // Nothing is delivered (the only host is down), so the spool only grows.
     let config = base_config(&[("example.test", vec![dead_addr()])], FAST_RETRY)
         .replace("spool = \"{dir}/spool\"", "spool = \"{dir}/fs/spool\"");
@@ -1340,6 +1343,28 @@ fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
         }
     }
     assert!(acked > 0 && refused > 0, "acked {acked}, refused {refused}");
+
+    // Space comes back: the same relay process accepts mail again (it reopens its spool).
+    std::fs::remove_file(&filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..3 {
+        let (mut w, mut r) = raw_session(relay.smtp);
+        w.write_all(b"EHLO c\r\n").unwrap();
+        read_reply(&mut r);
+        w.write_all(b"MAIL FROM:<app@origin.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+            .unwrap();
+        read_reply(&mut r);
+        read_reply(&mut r);
+        assert!(read_reply(&mut r).starts_with("354"));
+        w.write_all(b"Subject: small\r\n\r\nafter the disk was freed\r\n.\r\n")
+            .unwrap();
+        if read_reply(&mut r).starts_with("250") {
+            acked += 1;
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "no 250 after space was freed");
     relay.kill9();
     let (ok, out) = relay.mxpace(&["queue", "--json"]);
     assert!(ok, "{out}");

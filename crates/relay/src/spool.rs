@@ -169,21 +169,38 @@ struct Request {
 /// The spool: a redb database behind a committing thread.
 #[derive(Clone)]
 pub struct Spool {
-    db: std::sync::Arc<Database>,
+    db: SharedDb,
     tx: std_mpsc::Sender<Request>,
     dir: PathBuf,
+}
+
+/// The open database, replaceable: after a failed write (a full disk) redb refuses every
+/// further transaction until the database is closed and opened again, so the committing
+/// thread reopens it; until that succeeds the slot is empty and writes answer an error
+/// (ingress then says `452 4.3.1`) instead of the relay needing a restart.
+type SharedDb = std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<Database>>>>;
+
+fn current(db: &SharedDb) -> Result<std::sync::Arc<Database>, SpoolError> {
+    db.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| {
+            SpoolError::Read("spool database is being reopened after a write error".into())
+        })
 }
 
 impl Spool {
     /// Open (or create) the spool in `dir`, and start its committing thread.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         let db = open_db(dir)?;
-        let db = std::sync::Arc::new(db);
+        let db: SharedDb =
+            std::sync::Arc::new(std::sync::RwLock::new(Some(std::sync::Arc::new(db))));
         let (tx, rx) = std_mpsc::channel::<Request>();
         let worker_db = db.clone();
+        let worker_dir = dir.to_owned();
         std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || commit_loop(&worker_db, rx))
+            .spawn(move || commit_loop(&worker_db, &worker_dir, rx))
             .map_err(|e| SpoolError::Open {
                 path: dir.to_owned(),
                 msg: e.to_string(),
@@ -211,12 +228,14 @@ impl Spool {
 
     /// Every stored message (at startup, and for `queue` when the relay is down).
     pub fn load_all(&self) -> Result<Vec<QueuedMessage>, SpoolError> {
-        load_all(&self.db)
+        let db = current(&self.db)?;
+        load_all(&db)
     }
 
     /// The stored body of `queue_id`.
     pub fn body(&self, queue_id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
-        let rd = self.db.begin_read().map_err(read_err)?;
+        let db = current(&self.db)?;
+        let rd = db.begin_read().map_err(read_err)?;
         let table = match rd.open_table(BODIES) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -280,7 +299,7 @@ fn load_all(db: &Database) -> Result<Vec<QueuedMessage>, SpoolError> {
 
 /// Take requests as they come; whatever queued up while the last commit was
 /// running goes into the next one, so concurrent sessions share an fsync.
-fn commit_loop(db: &Database, rx: std_mpsc::Receiver<Request>) {
+fn commit_loop(shared: &SharedDb, dir: &Path, rx: std_mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let mut ops = batch[0].ops.len();
@@ -293,7 +312,11 @@ fn commit_loop(db: &Database, rx: std_mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        match apply_batch(db, &mut batch) {
+        let applied = match current(shared) {
+            Ok(db) => apply_batch(&db, &mut batch),
+            Err(e) => Err(e),
+        };
+        match applied {
             Ok(results) => {
                 for (req, res) in batch.into_iter().zip(results) {
                     let _ = req.reply.send(Ok(res));
@@ -304,8 +327,24 @@ fn commit_loop(db: &Database, rx: std_mpsc::Receiver<Request>) {
                 for req in batch {
                     let _ = req.reply.send(Err(SpoolError::Write(e.to_string())));
                 }
+                reopen(shared, dir);
             }
         }
+    }
+}
+
+/// Close the database and open it again (redb's recovery runs on open). If a reader
+/// still holds the old handle, or the disk is still full, the slot stays empty and the
+/// next commit tries again.
+fn reopen(shared: &SharedDb, dir: &Path) {
+    let mut slot = shared.write().unwrap_or_else(|e| e.into_inner());
+    *slot = None;
+    match open_db(dir) {
+        Ok(db) => {
+            tracing::info!("spool database reopened");
+            *slot = Some(std::sync::Arc::new(db));
+        }
+        Err(e) => tracing::warn!("spool database not reopened yet: {e}"),
     }
 }
 
