@@ -124,6 +124,20 @@ impl Relay {
             .collect()
     }
 
+    /// The receiver can see a message before the relay has committed the outcome and
+    /// written its `attempt` event, so tests that read events after a delivery wait here.
+    fn wait_delivered_event(&self, rcpt: &str) {
+        wait_until(
+            &format!("the delivered attempt event for {rcpt}"),
+            Duration::from_secs(10),
+            || {
+                self.events_for(rcpt, "attempt")
+                    .iter()
+                    .any(|e| e["outcome"] == "delivered")
+            },
+        );
+    }
+
     fn mxpace(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(BIN)
             .args(args)
@@ -576,6 +590,7 @@ fn falls_back_to_the_next_mx_when_the_first_is_down() {
         Duration::from_secs(20),
         || mx.accepted_for("u@example.test").len() == 1,
     );
+    relay.wait_delivered_event("u@example.test");
     let attempts = relay.events_for("u@example.test", "attempt");
     assert_eq!(attempts.len(), 1, "fallback happens within one attempt");
     assert_eq!(attempts[0]["outcome"], "delivered");
@@ -650,6 +665,7 @@ fn connection_lost_mid_data_is_retried_not_lost() {
         Duration::from_secs(20),
         || mx.accepted_for("drop+1@example.test").len() == 1,
     );
+    relay.wait_delivered_event("drop+1@example.test");
     let attempts = relay.events_for("drop+1@example.test", "attempt");
     assert_eq!(attempts[0]["outcome"], "connection-failed");
     assert_eq!(attempts[1]["outcome"], "delivered");
@@ -734,6 +750,7 @@ fn starttls_then_auth_lets_a_remote_user_submit() {
     );
     let (_, _, body) = mx.accepted_for("u@example.test").remove(0);
     assert!(body.contains("with ESMTPSA"), "{body}");
+    relay.wait_delivered_event("u@example.test");
     let e = &relay.events_for("u@example.test", "attempt")[0];
     assert_eq!(e["stream"], "bulk", "the user's stream applies");
 }
@@ -789,6 +806,7 @@ fn egress_uses_starttls_when_the_receiver_offers_it() {
         Duration::from_secs(20),
         || mx.accepted_for("tls@example.test").len() == 1,
     );
+    relay_a.wait_delivered_event("tls@example.test");
     let e = &relay_a.events_for("tls@example.test", "attempt")[0];
     assert_eq!(e["outcome"], "delivered");
     assert_eq!(e["extra"]["tls"], true, "{e}");
@@ -1190,6 +1208,7 @@ fn http_injection_with_an_idempotency_key_sends_once() {
     });
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(mx.accepted_for("h@example.test").len(), 1);
+    relay.wait_delivered_event("h@example.test");
     assert_eq!(
         relay.events_for("h@example.test", "attempt")[0]["stream"],
         "bulk"
@@ -1262,6 +1281,7 @@ fn mx_records_from_a_real_dns_server_are_tried_in_preference_order() {
         Duration::from_secs(20),
         || mx.accepted_for("u@mx.test").len() == 1,
     );
+    relay.wait_delivered_event("u@mx.test");
     let e = &relay.events_for("u@mx.test", "attempt")[0];
     assert_eq!(e["outcome"], "delivered");
     assert_eq!(e["mx_host"], "mx2.mx.test");
