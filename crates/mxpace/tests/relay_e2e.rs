@@ -1339,7 +1339,7 @@ fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
         .replace("spool = \"{dir}/spool\"", "spool = \"{dir}/fs/spool\"");
     let mut relay = Relay::start(dir.path(), &config);
     let body = format!("Subject: filler\r\n\r\n{}\r\n", "y".repeat(200_000));
-    let (mut acked, mut refused) = (0, 0);
+    let (mut acked, mut refused) = (0u64, 0);
     for _ in 0..60 {
         let (mut w, mut r) = raw_session(relay.smtp);
         w.write_all(b"EHLO c\r\n").unwrap();
@@ -1389,8 +1389,13 @@ fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
     let (ok, out) = relay.mxpace(&["queue", "--json"]);
     assert!(ok, "{out}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        s["messages"], acked,
-        "every acknowledged message is in the spool"
+    // Every acknowledged message is in the spool. One more may be: when a write fails
+    // part-way, redb's recovery on reopen can keep the transaction whose commit reported
+    // the error, so a message answered 452 may still be delivered (a possible duplicate
+    // if the client resends it, never a loss).
+    let stored = s["messages"].as_u64().unwrap();
+    assert!(
+        stored >= acked && stored <= acked + 1,
+        "every acknowledged message is in the spool: {stored} stored, {acked} acknowledged"
     );
 }
