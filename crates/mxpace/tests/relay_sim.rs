@@ -7,28 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mxpace");
+mod common;
 
-/// Kills the child when dropped (also on panic).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{BIN, Guard, wait_until};
 
 /// A running `mxpace sim --profile script` with its ledger.
 struct Sim {
@@ -121,34 +105,10 @@ impl Relay {
     }
 
     fn restart(dir: &Path) -> Relay {
-        let mut child = Command::new(BIN)
-            .args(["relay", "--config"])
-            .arg(dir.join("relay.toml"))
-            .current_dir(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting mxpace relay");
-        let stdout = child.stdout.take().unwrap();
-        let guard = Guard(child);
-        let mut smtp = None;
-        let mut http = None;
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(a) = line.strip_prefix("smtp ") {
-                smtp = Some(a.parse().unwrap());
-            } else if let Some(a) = line.strip_prefix("http ") {
-                http = Some(a.parse().unwrap());
-            } else if line == "ready" {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        let (guard, smtp, http) = common::spawn_relay(dir, &dir.join("relay.toml"));
         Relay {
             guard: Some(guard),
-            smtp: smtp.expect("relay printed no smtp address (did it fail to start?)"),
+            smtp,
             http,
             dir: dir.to_owned(),
         }
