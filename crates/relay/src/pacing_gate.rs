@@ -136,6 +136,12 @@ impl PacingGate for ControllerGate {
         let path = path_of(key);
         let now = moment(now_ms);
         let mut inner = self.lock();
+        if !inner.pacing.knows(&path) {
+            // Nothing is known against a new path; it is created with its first
+            // message. (A guessed provider, before the greeting named the real one,
+            // leaves no phantom path behind.)
+            return GateDecision::Go;
+        }
         let p = inner.pacing.path(&path, now);
         let change = p.tick(now);
         let limit = p.limits().connections;
@@ -383,6 +389,8 @@ mod tests {
             .for_provider("microsoft")
             .connections
             .2;
+        // The path exists once a message went on it.
+        assert_eq!(g.may_send_stream(&a, "bulk", T0), GateDecision::Go);
         for _ in 0..limit {
             assert_eq!(g.may_connect(&a, T0), GateDecision::Go);
             g.opened(&a);
@@ -415,6 +423,17 @@ mod tests {
             triggers.contains(&Trigger::OperatorPause)
                 && triggers.contains(&Trigger::OperatorResume)
         );
+    }
+
+    #[test]
+    fn asking_to_connect_on_a_guessed_path_leaves_no_path_behind() {
+        let g = ControllerGate::new(PacingConfig::builtin());
+        let guessed = PathKey {
+            source_ip: Some("192.0.2.10".parse().unwrap()),
+            provider: "127.0.0.1".into(),
+        };
+        assert_eq!(g.may_connect(&guessed, T0), GateDecision::Go);
+        assert!(g.snapshot(T0).is_empty());
     }
 
     #[test]
