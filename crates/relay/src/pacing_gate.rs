@@ -426,6 +426,60 @@ mod tests {
     }
 
     #[test]
+    fn in_the_act_now_band_bulk_and_cold_wait_while_transactional_keeps_its_share() {
+        let g = ControllerGate::new(PacingConfig::builtin());
+        let a = key("192.0.2.10");
+        // Session-level deferrals with no throttle verdict: they raise the path's
+        // deferral rate (over 5%: act now) without cutting its limits.
+        let v = mxpace_reply::Verdict {
+            code: Some(451),
+            scope: mxpace_reply::Scope::Session,
+            text: "451 4.3.0 Temporary local problem".into(),
+            ..Default::default()
+        };
+        let min = PacingConfig::builtin()
+            .for_provider("microsoft")
+            .window_min_attempts;
+        for i in 0..min {
+            g.record(GateOutcome {
+                path: &a,
+                now_ms: T0 + i64::from(i),
+                verdict: Some(&v),
+                connection_failed: false,
+            });
+        }
+        let now = T0 + 60_000;
+        assert_eq!(
+            g.snapshot(now)[0].band,
+            mxpace_pacing::Band::ActNow,
+            "{:?}",
+            g.snapshot(now)
+        );
+        assert!(matches!(
+            g.may_send_stream(&a, "bulk", now),
+            GateDecision::HoldUntil(_)
+        ));
+        assert!(matches!(
+            g.may_send_stream(&a, "cold", now),
+            GateDecision::HoldUntil(_)
+        ));
+        assert!(matches!(
+            g.may_send_stream(&a, "newsletter-campaign", now),
+            GateDecision::HoldUntil(_)
+        ));
+        assert_eq!(
+            g.may_send_stream(&a, "transactional", now),
+            GateDecision::Go
+        );
+        let band_change = g
+            .take_changes()
+            .into_iter()
+            .find(|c| c.trigger == Trigger::Band)
+            .expect("the band change is reported");
+        assert_eq!(pacing_event(&band_change).extra["band"], "act-now");
+    }
+
+    #[test]
     fn asking_to_connect_on_a_guessed_path_leaves_no_path_behind() {
         let g = ControllerGate::new(PacingConfig::builtin());
         let guessed = PathKey {
