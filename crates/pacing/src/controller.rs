@@ -4,7 +4,7 @@
 use crate::clock::Moment;
 use crate::config::{PacingConfig, PathConfig};
 use crate::path::{Path, Stream};
-use crate::window::{Band, DeferralWindow, band_for};
+use crate::window::{Band, DeferralWindow, next_band};
 use mxpace_reply::{Scope, Throttle, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -610,7 +610,8 @@ impl PathPacing {
 
     fn update_band(&mut self, now: Moment, v: Option<&Verdict>) -> Option<PacingChange> {
         let (a, d) = self.window.counts(now);
-        let band = band_for(
+        let band = next_band(
+            self.band,
             a,
             d,
             self.cfg.window_min_attempts,

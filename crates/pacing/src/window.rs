@@ -83,6 +83,42 @@ impl DeferralWindow {
     }
 }
 
+/// A band is left for a lower one only when the share has fallen below this share of
+/// the threshold that entered it: at a rate hovering on a threshold, each attempt would
+/// otherwise flip the band (and pause or release bulk mail) back and forth.
+pub const STEP_DOWN_MARGIN: f64 = 0.8;
+
+/// The band after `current` for a window's counts: worse at once, better only with a
+/// margin ([`STEP_DOWN_MARGIN`]); a sample under `min_attempts` changes nothing, and an
+/// empty window (nothing attempted for a whole window) is normal.
+pub fn next_band(
+    current: Band,
+    attempts: u32,
+    deferred: u32,
+    min_attempts: u32,
+    watch: f64,
+    act: f64,
+) -> Band {
+    if attempts == 0 {
+        return Band::Normal;
+    }
+    if attempts < min_attempts {
+        return current;
+    }
+    let raw = band_for(attempts, deferred, min_attempts, watch, act);
+    if raw >= current {
+        return raw;
+    }
+    let with_margin = band_for(
+        attempts,
+        deferred,
+        min_attempts,
+        watch * STEP_DOWN_MARGIN,
+        act * STEP_DOWN_MARGIN,
+    );
+    with_margin.min(current)
+}
+
 /// The band for a window's counts: with fewer than `min_attempts` attempts the sample
 /// is too small to act on, and the band is normal.
 pub fn band_for(attempts: u32, deferred: u32, min_attempts: u32, watch: f64, act: f64) -> Band {
@@ -102,6 +138,22 @@ pub fn band_for(attempts: u32, deferred: u32, min_attempts: u32, watch: f64, act
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_hovering_on_a_threshold_does_not_flip_the_band() {
+        let next = |cur, a, d| next_band(cur, a, d, 20, 0.01, 0.05);
+        assert_eq!(next(Band::Watch, 1000, 51), Band::ActNow);
+        // 4.5%: under the act threshold, but not by the margin.
+        assert_eq!(next(Band::ActNow, 1000, 45), Band::ActNow);
+        assert_eq!(next(Band::ActNow, 1000, 39), Band::Watch);
+        assert_eq!(next(Band::ActNow, 1000, 5), Band::Normal);
+        assert_eq!(next(Band::Watch, 1000, 9), Band::Watch);
+        assert_eq!(next(Band::Watch, 1000, 7), Band::Normal);
+        // Too few attempts to judge: unchanged; none at all: normal.
+        assert_eq!(next(Band::ActNow, 5, 0), Band::ActNow);
+        assert_eq!(next(Band::Normal, 5, 5), Band::Normal);
+        assert_eq!(next(Band::ActNow, 0, 0), Band::Normal);
+    }
 
     #[test]
     fn the_bands_follow_the_issue_thresholds() {
