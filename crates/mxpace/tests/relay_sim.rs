@@ -144,13 +144,25 @@ fn config(sim: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// Quick retries, and pacing (on by default) with rests short enough for tests of
-/// retries: a `451 4.7.500 … from [IP]` deferral still cuts the path, but it rests
-/// 100 ms instead of a minute.
-const FAST_RETRY: &str = "\n[retry]\nschedule = [\"300ms\", \"600ms\"]\nmax_age = \"60s\"\njitter = 0.0\n\
-    [pacing.default]\nslow_down_pause = \"100ms\"\npause = \"100ms\"\nbreaker_cooldown = \"100ms\"\n\
-    rate_initial = \"6000/min\"\nrate_ceiling = \"6000/min\"\n\
-    [pacing.provider.microsoft]\nslow_down_pause = \"100ms\"\npause = \"100ms\"\n";
+/// Pacing (on by default) with rests short enough for tests of retries: a
+/// `451 4.7.500 … from [IP]` deferral still cuts the path, but it rests 100 ms
+/// instead of a minute, the breaker reopens after 100 ms, and the floor rate
+/// (which spaces the release of held mail) is 10/s; mail held while the breaker's
+/// probe is out asks again after 200 ms (the increase interval).
+macro_rules! fast_pacing {
+    () => {
+        "\n[pacing.default]\nslow_down_pause = \"100ms\"\npause = \"100ms\"\n\
+         breaker_cooldown = \"100ms\"\nincrease_interval = \"200ms\"\nrate_floor = \"600/min\"\nrate_initial = \"6000/min\"\nrate_ceiling = \"6000/min\"\n\
+         [pacing.provider.microsoft]\nslow_down_pause = \"100ms\"\npause = \"100ms\"\n\
+         breaker_cooldown = \"100ms\"\n"
+    };
+}
+
+/// Quick retries, with [`fast_pacing`].
+const FAST_RETRY: &str = concat!(
+    "\n[retry]\nschedule = [\"300ms\", \"600ms\"]\nmax_age = \"60s\"\njitter = 0.0\n",
+    fast_pacing!()
+);
 
 const PY_SEND_ONE: &str = r#"
 import smtplib, sys
@@ -293,7 +305,10 @@ fn dropped_and_421_at_data_sessions_are_retried_never_bounced() {
         dir.path(),
         &config(
             sim.addr,
-            "\n[retry]\nschedule = [\"300ms\"]\nmax_age = \"3s\"\njitter = 0.0\n",
+            concat!(
+                "\n[retry]\nschedule = [\"300ms\"]\nmax_age = \"3s\"\njitter = 0.0\n",
+                fast_pacing!()
+            ),
         ),
     );
     let drop = "drop@example.test";

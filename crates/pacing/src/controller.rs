@@ -279,6 +279,16 @@ impl PathPacing {
     /// Whether one message of `stream` may go now; on [`Gate::Go`] its token is taken.
     /// A held message is not a delivery attempt.
     pub fn try_send(&mut self, stream: Stream, now: Moment) -> (Gate, Vec<PacingChange>) {
+        self.decide(stream, now, true)
+    }
+
+    /// What [`PathPacing::try_send`] would answer now, taking nothing (no token, no
+    /// probe): the shell asks this before opening a connection it could not use.
+    pub fn peek_send(&mut self, stream: Stream, now: Moment) -> (Gate, Vec<PacingChange>) {
+        self.decide(stream, now, false)
+    }
+
+    fn decide(&mut self, stream: Stream, now: Moment, take: bool) -> (Gate, Vec<PacingChange>) {
         let mut change: Vec<PacingChange> = self.tick(now).into_iter().collect();
         // The band also falls with time alone: held bulk must not wait for attempts
         // that will never come.
@@ -288,6 +298,9 @@ impl PathPacing {
             PathState::Paused => {
                 if let Some(open_until) = self.breaker.open_until {
                     if now >= open_until && !self.breaker.probe_out {
+                        if !take {
+                            return (Gate::Go, change);
+                        }
                         self.breaker.probe_out = true;
                         let before = (self.limits(), self.state);
                         self.reason = "circuit breaker probe".into();
@@ -316,7 +329,9 @@ impl PathPacing {
         }
         self.refill(now, rate);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+            if take {
+                self.tokens -= 1.0;
+            }
             (Gate::Go, change)
         } else {
             let wait = (1.0 - self.tokens) / rate.max(1e-9);
@@ -721,6 +736,16 @@ impl Pacing {
         self.path(path, now).try_send(stream, now)
     }
 
+    /// See [`PathPacing::peek_send`].
+    pub fn peek_send(
+        &mut self,
+        path: &Path,
+        stream: Stream,
+        now: Moment,
+    ) -> (Gate, Vec<PacingChange>) {
+        self.path(path, now).peek_send(stream, now)
+    }
+
     /// See [`PathPacing::on_outcome`].
     pub fn on_outcome(
         &mut self,
@@ -734,5 +759,25 @@ impl Pacing {
     /// Snapshots of every known path, in path order.
     pub fn snapshot(&mut self, now: Moment) -> Vec<PathSnapshot> {
         self.paths.values_mut().map(|p| p.snapshot(now)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peeking_takes_no_token_and_sends_no_probe() {
+        let mut p = Pacing::new(PacingConfig::builtin());
+        let path: Path = "192.0.2.10@google".parse().unwrap();
+        let t = Moment::from_secs(1000);
+        for _ in 0..5 {
+            assert_eq!(p.peek_send(&path, Stream::Bulk, t).0, Gate::Go);
+        }
+        assert_eq!(p.try_send(&path, Stream::Bulk, t).0, Gate::Go);
+        assert!(matches!(
+            p.peek_send(&path, Stream::Bulk, t).0,
+            Gate::HoldUntil(_)
+        ));
     }
 }

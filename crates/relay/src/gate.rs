@@ -40,6 +40,18 @@ pub struct GateOutcome<'a> {
 pub trait PacingGate: Send + Sync {
     /// May a new connection to this path be opened now?
     fn may_connect(&self, path: &PathKey, now_ms: i64) -> GateDecision;
+    /// May a new connection to this path be opened now for a message of `stream`?
+    /// Gates that pace streams apart override this, so that no connection is opened
+    /// that pacing would not let carry the message; the default ignores the stream.
+    fn may_connect_stream(&self, path: &PathKey, _stream: &str, now_ms: i64) -> GateDecision {
+        self.may_connect(path, now_ms)
+    }
+    /// A message held until `until_ms` goes back to the queue: when should it be due
+    /// again? Gates spread many held messages over the path's rate here, so they do
+    /// not all come back at once; the default keeps `until_ms`.
+    fn release_slot(&self, _path: &PathKey, until_ms: i64) -> i64 {
+        until_ms
+    }
     /// May one more message be sent on this path now?
     fn may_send(&self, path: &PathKey, now_ms: i64) -> GateDecision;
     /// May one more message of `stream` (`transactional`, `bulk`, `cold` or a

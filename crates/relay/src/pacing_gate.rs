@@ -6,8 +6,7 @@
 use crate::gate::{GateDecision, GateOutcome, OperatorAction, OperatorError, PacingGate, PathKey};
 use mxpace_events::{Event, EventType};
 use mxpace_pacing::{
-    Gate, Moment, Outcome, Pacing, PacingChange, PacingConfig, Path, PathSnapshot, PathState,
-    Stream, Trigger,
+    Gate, Moment, Outcome, Pacing, PacingChange, PacingConfig, Path, PathSnapshot, Stream, Trigger,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,6 +18,12 @@ use time::OffsetDateTime;
 const STOPPED_RECHECK_MS: i64 = 5_000;
 /// When every connection a path allows is open, ask again this much later.
 const CONNECTIONS_FULL_RECHECK_MS: i64 = 250;
+/// Held messages are given successive release slots one token apart, at most this
+/// many slots past their hold: further promises would be wrong once the rate grows,
+/// and those beyond simply ask again then.
+const RELEASE_HORIZON_SLOTS: i64 = 50;
+/// Widest spacing of release slots (a path at its floor of 1/min).
+const MAX_SLOT_SPACING_MS: f64 = 60_000.0;
 
 /// The source address a path is keyed on when no `[[source]]` is configured and
 /// the OS picks the address.
@@ -33,6 +38,8 @@ struct Inner {
     pacing: Pacing,
     open: HashMap<Path, u32>,
     changes: Vec<PacingChange>,
+    /// Per path, the last release slot handed to a held message.
+    slots: HashMap<Path, i64>,
 }
 
 impl ControllerGate {
@@ -43,6 +50,7 @@ impl ControllerGate {
                 pacing: Pacing::new(config),
                 open: HashMap::new(),
                 changes: Vec::new(),
+                slots: HashMap::new(),
             }),
         }
     }
@@ -133,6 +141,10 @@ impl Inner {
 
 impl PacingGate for ControllerGate {
     fn may_connect(&self, key: &PathKey, now_ms: i64) -> GateDecision {
+        self.may_connect_stream(key, "transactional", now_ms)
+    }
+
+    fn may_connect_stream(&self, key: &PathKey, stream: &str, now_ms: i64) -> GateDecision {
         let path = path_of(key);
         let now = moment(now_ms);
         let mut inner = self.lock();
@@ -142,25 +154,40 @@ impl PacingGate for ControllerGate {
             // leaves no phantom path behind.)
             return GateDecision::Go;
         }
-        let p = inner.pacing.path(&path, now);
-        let change = p.tick(now);
-        let limit = p.limits().connections;
-        let state = p.state();
-        let snap_until = p.snapshot(now).until;
-        inner.changes.extend(change);
-        match state {
-            PathState::Stopped => GateDecision::HoldUntil(now_ms + STOPPED_RECHECK_MS),
-            // A paused path opens no connection; its probe (if any) goes on a
-            // connection opened when the pause ends.
-            PathState::Paused => match snap_until {
-                Some(u) if (u.0 as i64) > now_ms => GateDecision::HoldUntil(u.0 as i64),
-                _ => GateDecision::Go,
-            },
-            _ if inner.open.get(&path).copied().unwrap_or(0) >= limit => {
-                GateDecision::HoldUntil(now_ms + CONNECTIONS_FULL_RECHECK_MS)
-            }
-            _ => GateDecision::Go,
+        // Would the message go? Asked without taking its token: a connection that
+        // could not carry it must not be opened (the receiver sees every connect).
+        let (gate, changes) = inner.pacing.peek_send(&path, stream_of(stream), now);
+        inner.changes.extend(changes);
+        let decision = inner.gate(gate, now_ms);
+        if decision != GateDecision::Go {
+            return decision;
         }
+        let limit = inner.pacing.path(&path, now).limits().connections;
+        if inner.open.get(&path).copied().unwrap_or(0) >= limit {
+            return GateDecision::HoldUntil(now_ms + CONNECTIONS_FULL_RECHECK_MS);
+        }
+        GateDecision::Go
+    }
+
+    fn release_slot(&self, key: &PathKey, until_ms: i64) -> i64 {
+        let path = path_of(key);
+        let mut inner = self.lock();
+        if !inner.pacing.knows(&path) {
+            return until_ms;
+        }
+        let rate = inner
+            .pacing
+            .path(&path, moment(until_ms))
+            .limits()
+            .rate_per_min
+            / 60.0;
+        let spacing = (1000.0 / rate.max(1e-6)).min(MAX_SLOT_SPACING_MS) as i64;
+        let last = inner.slots.get(&path).copied().unwrap_or(i64::MIN / 2);
+        let slot = until_ms
+            .max(last + spacing)
+            .min(until_ms + RELEASE_HORIZON_SLOTS * spacing);
+        inner.slots.insert(path, slot);
+        slot
     }
 
     fn may_send(&self, key: &PathKey, now_ms: i64) -> GateDecision {
@@ -320,6 +347,7 @@ pub fn pacing_event(change: &PacingChange) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mxpace_pacing::PathState;
     use mxpace_reply::explain;
 
     fn key(ip: &str) -> PathKey {
@@ -368,7 +396,8 @@ mod tests {
             g.may_send_stream(&a, "transactional", T0 + 30),
             GateDecision::HoldUntil(_)
         ));
-        assert_eq!(g.may_connect(&b, T0 + 30), GateDecision::Go);
+        // The other path connects again once its bucket has a token.
+        assert_eq!(g.may_connect(&b, T0 + 2_000), GateDecision::Go);
         let events: Vec<Event> = g.take_changes().iter().map(pacing_event).collect();
         let cut = events
             .iter()
@@ -391,13 +420,15 @@ mod tests {
             .2;
         // The path exists once a message went on it.
         assert_eq!(g.may_send_stream(&a, "bulk", T0), GateDecision::Go);
+        // Later, with tokens in the bucket again.
+        let t = T0 + 5_000;
         for _ in 0..limit {
-            assert_eq!(g.may_connect(&a, T0), GateDecision::Go);
+            assert_eq!(g.may_connect(&a, t), GateDecision::Go);
             g.opened(&a);
         }
-        assert!(matches!(g.may_connect(&a, T0), GateDecision::HoldUntil(_)));
+        assert!(matches!(g.may_connect(&a, t), GateDecision::HoldUntil(_)));
         g.closed(&a);
-        assert_eq!(g.may_connect(&a, T0), GateDecision::Go);
+        assert_eq!(g.may_connect(&a, t), GateDecision::Go);
     }
 
     #[test]
@@ -477,6 +508,72 @@ mod tests {
             .find(|c| c.trigger == Trigger::Band)
             .expect("the band change is reported");
         assert_eq!(pacing_event(&band_change).extra["band"], "act-now");
+    }
+
+    #[test]
+    fn after_a_pause_mail_is_released_at_the_paths_rate_and_paths_end_their_pauses_apart() {
+        let g = ControllerGate::new(PacingConfig::builtin());
+        let (a, b) = (key("192.0.2.10"), key("192.0.2.11"));
+        for k in [&a, &b] {
+            assert_eq!(g.may_send_stream(k, "transactional", T0), GateDecision::Go);
+            let v = throttle(&k.source_ip.unwrap().to_string());
+            g.record(GateOutcome {
+                path: k,
+                now_ms: T0 + 1,
+                verdict: Some(&v),
+                connection_failed: false,
+            });
+        }
+        let snaps = g.snapshot(T0 + 2);
+        let ends: Vec<i64> = snaps.iter().map(|s| s.until.unwrap().0 as i64).collect();
+        assert_ne!(ends[0], ends[1], "both paths would release at once");
+        // Everything held for path a asks again right at its pause's end, every 10 ms
+        // for 5 s: what goes is spaced by the path's rate, not a wave.
+        let end = ends[0];
+        let rate_per_s = snaps[0].limits.rate_per_min / 60.0;
+        let mut went = Vec::new();
+        for step in 0..500 {
+            let now = end + step * 10;
+            if g.may_send_stream(&a, "transactional", now) == GateDecision::Go {
+                went.push(now);
+            }
+        }
+        let most = (rate_per_s * 5.0).ceil() as usize + 1;
+        assert!(
+            !went.is_empty() && went.len() <= most,
+            "{} released in 5 s at {rate_per_s}/s: {went:?}",
+            went.len()
+        );
+        assert!(
+            went[0] > end,
+            "the first release waits for a token: {went:?}"
+        );
+    }
+
+    #[test]
+    fn no_connection_is_opened_for_mail_the_path_would_hold_and_held_mail_is_spread() {
+        let g = ControllerGate::new(PacingConfig::builtin());
+        let a = key("192.0.2.10");
+        // The bucket holds one token: the first message takes it.
+        assert_eq!(g.may_send_stream(&a, "bulk", T0), GateDecision::Go);
+        assert!(matches!(
+            g.may_connect_stream(&a, "bulk", T0),
+            GateDecision::HoldUntil(_)
+        ));
+        // Ten messages held to the same moment come back one token apart.
+        let rate_per_s = g.snapshot(T0)[0].limits.rate_per_min / 60.0;
+        let spacing = (1000.0 / rate_per_s) as i64;
+        let slots: Vec<i64> = (0..10).map(|_| g.release_slot(&a, T0 + 5_000)).collect();
+        assert_eq!(slots[0], T0 + 5_000);
+        for w in slots.windows(2) {
+            assert_eq!(w[1] - w[0], spacing, "{slots:?}");
+        }
+        // …but never further than the horizon.
+        let far: Vec<i64> = (0..200).map(|_| g.release_slot(&a, T0 + 5_000)).collect();
+        assert!(
+            far.iter()
+                .all(|&t| t <= T0 + 5_000 + RELEASE_HORIZON_SLOTS * spacing)
+        );
     }
 
     #[test]

@@ -274,6 +274,12 @@ impl Scheduler {
         let Ok(permit) = self.outbound.clone().acquire_owned().await else {
             return Connect::Failed;
         };
+        let stream = self
+            .shared
+            .queue()
+            .get(&job.queue_id)
+            .map(|m| m.stream.clone())
+            .unwrap_or_else(|| self.shared.config.relay.default_stream.clone());
         let mut last: Option<(RcptResult, AttemptContext)> = None;
         // The earliest time a source held by pacing may connect, with its context.
         let mut held: Option<(i64, AttemptContext)> = None;
@@ -296,7 +302,10 @@ impl Scheduler {
                         provider: Some(path.provider.clone()),
                         tls: false,
                     };
-                    let decision = self.shared.gate.may_connect(&path, now_ms());
+                    let decision = self
+                        .shared
+                        .gate
+                        .may_connect_stream(&path, &stream, now_ms());
                     service::write_pacing_changes(&self.shared);
                     if let GateDecision::HoldUntil(t) = decision {
                         // Another source may be free to send to this provider.
@@ -391,6 +400,11 @@ impl Scheduler {
             if until - now_ms() <= WAIT_IN_WORKER_MS {
                 return Connect::WaitUntil(until);
             }
+            let path = PathKey {
+                source_ip: ctx.source_ip,
+                provider: ctx.provider.clone().unwrap_or_default(),
+            };
+            let until = self.shared.gate.release_slot(&path, until);
             self.finish_all(job, RcptResult::Held { until_ms: until }, &ctx)
                 .await;
             return Connect::Failed;
@@ -434,6 +448,7 @@ impl Scheduler {
                     tokio::time::sleep(Duration::from_millis((t - now).max(1) as u64)).await;
                 }
                 GateDecision::HoldUntil(t) => {
+                    let t = self.shared.gate.release_slot(path, t);
                     self.finish_all(job, RcptResult::Held { until_ms: t }, ctx)
                         .await;
                     return Next::Quit;
