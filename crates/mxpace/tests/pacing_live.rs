@@ -418,3 +418,46 @@ fn mxpace_pacing_shows_pauses_and_resumes_paths_of_a_live_relay_and_held_mail_is
         "{triggers:?}"
     );
 }
+
+#[test]
+fn the_relay_refuses_a_bad_pacing_config_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[pacing.provider.microsoft]\nrate_floor = \"10/s\"\nrate_ceiling = \"1/s\"\n",
+            "pacing.provider.microsoft.rate_floor",
+        ),
+        (
+            "[pacing.default]\nincrease_step = \"0/min\"\n",
+            "pacing.default.increase_step",
+        ),
+        (
+            "[pacing.provider.hotmale]\npause = \"1m\"\n",
+            "pacing.provider.hotmale",
+        ),
+        (
+            "[pacing.default]\nwindow = \"5 fortnights\"\n",
+            "pacing.default.window",
+        ),
+    ];
+    for (section, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[relay]\nlisten = [\"127.0.0.1:0\"]\nspool = \"{d}/spool\"\nevents = \"{d}/e.jsonl\"\n{section}",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["relay", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{section} accepted");
+        assert!(err.contains(key), "{section}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -572,3 +572,30 @@ fn local_reply(e: &RouteError) -> RcptResult {
         verdict: Box::new(verdict),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_microsoft_365_tenant_mx_is_one_provider_and_unknown_hosts_are_their_own() {
+        for mx in [
+            "contoso-com.mail.protection.outlook.com",
+            "fabrikam-net.mail.protection.outlook.com.",
+            "contoso-com.a-v1.mx.microsoft",
+            "hotmail-com.olc.protection.outlook.com",
+        ] {
+            assert_eq!(provider_of(mx, None), "microsoft", "{mx}");
+        }
+        assert_eq!(provider_of("ASPMX.L.GOOGLE.COM", None), "google");
+        assert_eq!(provider_of("MX1.Example.NET", None), "mx1.example.net");
+        // A static route names an address; the greeting tells who answers.
+        let greeting =
+            "220 BL6PEPF0001AB50.namprd04.prod.outlook.com Microsoft ESMTP MAIL Service ready";
+        assert_eq!(provider_of("127.0.0.1", Some(greeting)), "microsoft");
+        assert_eq!(
+            provider_of("127.0.0.1", Some("220 sink ESMTP")),
+            "127.0.0.1"
+        );
+    }
+}
