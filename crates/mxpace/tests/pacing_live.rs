@@ -186,10 +186,11 @@ fn throttling_one_ip_slows_only_its_path_and_it_ramps_back_when_the_throttle_lif
     let (_relay, _smtp, http_addr) = common::spawn_relay(dir.path(), &config);
     let http_addr = http_addr.expect("relay printed its http address");
 
-    // Phase 1: the throttle.
+    // Phase 1: the throttle, on a mix of transactional and bulk mail.
     let first = 120;
     for i in 0..first {
-        inject(http_addr, &format!("u{i}@example.test"), "transactional");
+        let stream = if i % 2 == 0 { "bulk" } else { "transactional" };
+        inject(http_addr, &format!("u{i}@example.test"), stream);
     }
     wait_until("phase 1 delivered", Duration::from_secs(50), || {
         accepted(&ledger).len() == first
@@ -217,6 +218,7 @@ fn throttling_one_ip_slows_only_its_path_and_it_ramps_back_when_the_throttle_lif
             "the unthrottled path was slowed: {e}"
         );
     }
+    assert_no_bulk_on_a_path_acting_now(dir.path(), "127.0.0.2/microsoft", "127.0.0.2");
     let (status, body) = http(http_addr, "GET", "/v1/pacing", "");
     assert_eq!(status, 200);
     let paths: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -297,6 +299,62 @@ fn throttling_one_ip_slows_only_its_path_and_it_ramps_back_when_the_throttle_lif
     let stats = ledger_stats(&ledger);
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert_eq!(stats["unique"], (first + second) as u64, "{stats}");
+}
+
+/// Seconds since the start of the month of an event's RFC 3339 UTC time (the test
+/// runs for a minute; fractional digits vary, so strings do not compare).
+fn secs(e: &serde_json::Value) -> f64 {
+    let t = e["time"].as_str().unwrap();
+    let (date, clock) = t.split_once('T').unwrap();
+    let day: f64 = date.rsplit('-').next().unwrap().parse().unwrap();
+    let mut parts = clock.trim_end_matches('Z').split(':');
+    let mut next = || -> f64 { parts.next().unwrap().parse().unwrap() };
+    day * 86400.0 + next() * 3600.0 + next() * 60.0 + next()
+}
+
+/// The path went into the `act-now` band, and no bulk attempt left from its IP while
+/// it had been there for over a second (the grace covers messages already past the
+/// gate when the band changed).
+fn assert_no_bulk_on_a_path_acting_now(dir: &Path, path: &str, ip: &str) {
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // (time, band) after each band change of the path.
+    let bands: Vec<(f64, String)> = events
+        .iter()
+        .filter(|e| e["type"] == "pacing" && e["extra"]["path"] == path)
+        .filter(|e| e["extra"]["trigger"] == "band")
+        .map(|e| (secs(e), e["extra"]["band"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        bands.iter().any(|(_, b)| b == "act-now"),
+        "{path} never reached the act-now band: {bands:?}"
+    );
+    let band_at = |t: f64| {
+        bands
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map(|(_, b)| b.as_str())
+            .unwrap_or("normal")
+    };
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "attempt" && e["source_ip"] == ip && e["stream"] == "bulk")
+    {
+        let t = secs(e);
+        let since_change = bands
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map(|(at, _)| t - at);
+        assert!(
+            !(band_at(t) == "act-now" && since_change.is_some_and(|d| d > 1.0)),
+            "bulk went on {path} in the act-now band: {e}"
+        );
+    }
 }
 
 /// Start the sim again on the same address (its port was just freed), without the
