@@ -235,6 +235,13 @@ fn throttling_one_ip_slows_only_its_path_and_it_ramps_back_when_the_throttle_lif
         "throttled path not slower: {p1} vs {p2}"
     );
     assert!(rate(&p1["limits"]) >= 300.0, "{p1}");
+    assert!(p1["last_reply"].is_null(), "{p1}");
+    assert!(
+        p2["last_reply"]
+            .as_str()
+            .is_some_and(|r| r.contains("[127.0.0.2]")),
+        "the reply that slowed the path is shown: {p2}"
+    );
     let low = rate(&p2["limits"]);
 
     // Phase 2: the throttle lifts (the receiver restarts on the same address without

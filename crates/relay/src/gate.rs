@@ -75,6 +75,11 @@ pub trait PacingGate: Send + Sync {
     fn take_changes(&self) -> Vec<PacingChange> {
         Vec::new()
     }
+    /// The last receiver reply that moved the path's limits or state, with its time
+    /// (ms since the epoch).
+    fn last_reply(&self, _path: &mxpace_pacing::Path) -> Option<(i64, String)> {
+        None
+    }
     /// Every known path's visible state (`GET /v1/pacing`).
     fn snapshot(&self, _now_ms: i64) -> Vec<PathSnapshot> {
         Vec::new()

@@ -253,6 +253,12 @@ async fn queue_action(
 pub struct NamedSnapshot {
     /// `IP/provider`, as `mxpace pacing pause|resume` takes it.
     pub name: String,
+    /// The last receiver reply that moved this path (also after `reason` moved on to
+    /// "pause over" or "successes"), and when (ms since the epoch).
+    #[serde(default)]
+    pub last_reply: Option<String>,
+    #[serde(default)]
+    pub last_reply_at: Option<i64>,
     #[serde(flatten)]
     pub snapshot: PathSnapshot,
 }
@@ -269,9 +275,14 @@ async fn pacing_state(
         .gate
         .snapshot(now_ms())
         .into_iter()
-        .map(|snapshot| NamedSnapshot {
-            name: path_name(&snapshot.path),
-            snapshot,
+        .map(|snapshot| {
+            let last = shared.gate.last_reply(&snapshot.path);
+            NamedSnapshot {
+                name: path_name(&snapshot.path),
+                last_reply_at: last.as_ref().map(|(at, _)| *at),
+                last_reply: last.map(|(_, r)| r),
+                snapshot,
+            }
         })
         .collect();
     service::write_pacing_changes(&shared);

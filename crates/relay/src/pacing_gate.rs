@@ -40,6 +40,9 @@ struct Inner {
     changes: Vec<PacingChange>,
     /// Per path, the last release slot handed to a held message.
     slots: HashMap<Path, i64>,
+    /// Per path, the last receiver reply that moved it, and when: a path ramping
+    /// back after a pause still shows what slowed it.
+    last_reply: HashMap<Path, (Moment, String)>,
 }
 
 impl ControllerGate {
@@ -51,6 +54,7 @@ impl ControllerGate {
                 open: HashMap::new(),
                 changes: Vec::new(),
                 slots: HashMap::new(),
+                last_reply: HashMap::new(),
             }),
         }
     }
@@ -130,6 +134,16 @@ fn outcome_of<'a>(o: &GateOutcome<'a>) -> Outcome<'a> {
 }
 
 impl Inner {
+    /// Keep changes for the event log, remembering the replies among them.
+    fn note(&mut self, changes: impl IntoIterator<Item = PacingChange>) {
+        for c in changes {
+            if let Some(reply) = reply_of(&c) {
+                self.last_reply.insert(c.path.clone(), (c.at, reply));
+            }
+            self.changes.push(c);
+        }
+    }
+
     fn gate(&mut self, gate: Gate, now_ms: i64) -> GateDecision {
         match gate {
             Gate::Go => GateDecision::Go,
@@ -157,7 +171,7 @@ impl PacingGate for ControllerGate {
         // Would the message go? Asked without taking its token: a connection that
         // could not carry it must not be opened (the receiver sees every connect).
         let (gate, changes) = inner.pacing.peek_send(&path, stream_of(stream), now);
-        inner.changes.extend(changes);
+        inner.note(changes);
         let decision = inner.gate(gate, now_ms);
         if decision != GateDecision::Go {
             return decision;
@@ -200,7 +214,7 @@ impl PacingGate for ControllerGate {
         let (gate, changes) = inner
             .pacing
             .try_send(&path, stream_of(stream), moment(now_ms));
-        inner.changes.extend(changes);
+        inner.note(changes);
         inner.gate(gate, now_ms)
     }
 
@@ -220,7 +234,7 @@ impl PacingGate for ControllerGate {
         let outcome = outcome_of(&o);
         let mut inner = self.lock();
         let changes = inner.pacing.on_outcome(&path, outcome, moment(o.now_ms));
-        inner.changes.extend(changes);
+        inner.note(changes);
     }
 
     fn opened(&self, key: &PathKey) {
@@ -241,6 +255,13 @@ impl PacingGate for ControllerGate {
         Some(inner.pacing.path(&path, now).limits().per_connection.max(1) as usize)
     }
 
+    fn last_reply(&self, path: &Path) -> Option<(i64, String)> {
+        self.lock()
+            .last_reply
+            .get(path)
+            .map(|(at, r)| (at.0 as i64, r.clone()))
+    }
+
     fn take_changes(&self) -> Vec<PacingChange> {
         std::mem::take(&mut self.lock().changes)
     }
@@ -257,7 +278,7 @@ impl PacingGate for ControllerGate {
             .collect();
         for p in &paths {
             let change = inner.pacing.path(p, now).tick(now);
-            inner.changes.extend(change);
+            inner.note(change);
         }
         inner.pacing.snapshot(now)
     }
@@ -292,7 +313,7 @@ impl PacingGate for ControllerGate {
             OperatorAction::Pause => p.operator_pause(now, "operator pause"),
             OperatorAction::Resume => p.resume(now, "operator resume"),
         };
-        inner.changes.push(change);
+        inner.note([change]);
         Ok(())
     }
 }
@@ -310,6 +331,17 @@ fn moved_by_reply(t: Trigger) -> bool {
     )
 }
 
+/// The receiver's reply that moved a change, if one did. A reply starts with its
+/// three-digit code; "connection failures" and the band's "deferral rate …"
+/// summaries are not replies.
+fn reply_of(change: &PacingChange) -> Option<String> {
+    let is_reply = change
+        .reason
+        .get(..3)
+        .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()));
+    (moved_by_reply(change.trigger) && is_reply).then(|| change.reason.clone())
+}
+
 /// A change of a path as an event of `type: "pacing"` (docs/events.md): `source_ip`,
 /// `provider`, `reply` (the reply that moved it, when a reply did) and in `extra`
 /// the path name, trigger, limits and states before and after, band and reason.
@@ -319,15 +351,7 @@ pub fn pacing_event(change: &PacingChange) -> Event {
     let mut e = Event::new(EventType::Pacing, time);
     e.source_ip = Some(change.path.source_ip);
     e.provider = Some(change.path.provider.clone());
-    // A reply starts with its three-digit code; "connection failures" and the
-    // band's "deferral rate …" summaries are not replies.
-    let is_reply = change
-        .reason
-        .get(..3)
-        .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()));
-    if moved_by_reply(change.trigger) && is_reply {
-        e.reply = Some(change.reason.clone());
-    }
+    e.reply = reply_of(change);
     fn v<T: serde::Serialize>(x: &T) -> serde_json::Value {
         serde_json::to_value(x).unwrap_or(serde_json::Value::Null)
     }
@@ -408,6 +432,10 @@ mod tests {
         assert_eq!(cut.extra["path"], "192.0.2.10/microsoft");
         assert!(cut.reply.as_deref().unwrap().contains("S77714"));
         assert!(g.take_changes().is_empty(), "changes are handed out once");
+        let pa = path_of(&a);
+        let (at, reply) = g.last_reply(&pa).expect("the cut's reply is kept");
+        assert!(reply.contains("S77714") && at == T0 + 10, "{at} {reply}");
+        assert!(g.last_reply(&path_of(&b)).is_none());
     }
 
     #[test]

@@ -180,6 +180,14 @@ fn print_paths(paths: &[NamedSnapshot]) {
         let state = serde_json::to_value(s.state).unwrap_or_default();
         let band = serde_json::to_value(s.band).unwrap_or_default();
         let mut reason = s.reason.replace(['\r', '\n'], " ");
+        // Ramping back, the state's own reason is "pause over" or "successes": show
+        // the reply that slowed the path too.
+        if let (Some(reply), Some(at)) = (&p.last_reply, p.last_reply_at)
+            && !s.reason.starts_with(reply.as_str())
+            && s.state != mxpace_pacing::PathState::Normal
+        {
+            reason = format!("{reason}; last reply {}: {reply}", utc(at.max(0) as u64));
+        }
         if let Some(until) = s.until {
             reason = format!("(until {}) {reason}", utc(until.0));
         }
