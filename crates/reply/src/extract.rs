@@ -137,8 +137,17 @@ fn word_token(b: &[u8], tokens: &mut Vec<String>) -> Option<usize> {
     Some(end)
 }
 
-/// `[TSS04]`-style tokens (letters then digits), or a `[host timestamp id]` block.
-fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
+/// What a `[` opens.
+enum Bracket<'a> {
+    /// `[TSS04]`-style token (letters then digits); the whole bracket is the token.
+    Token(&'a str),
+    /// `[host timestamp id]` block.
+    Host(&'a str, Option<&'a str>),
+}
+
+/// The bracket starting `s` (which starts with `[`) and its length, if it is a token
+/// or a host block.
+fn bracket_at(s: &str) -> Option<(Bracket<'_>, usize)> {
     let close = s.as_bytes().iter().take(200).position(|&c| c == b']')?;
     let inner = &s[1..close];
     let ib = inner.as_bytes();
@@ -148,21 +157,50 @@ fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
         && ib.len() <= letters + 3
         && ib[letters..].iter().all(u8::is_ascii_digit)
     {
-        push_unique(&mut out.tokens, &s[..=close]);
-        return Some(close + 1);
+        return Some((Bracket::Token(&s[..=close]), close + 1));
     }
     let mut words = inner.split_ascii_whitespace();
     let host = words.next()?;
     if looks_like_host(host) {
-        // Kept exactly as the receiver wrote it: it is escalation evidence.
-        out.host = Some(host.to_owned());
-        out.host_time = words
-            .next()
-            .filter(|t| looks_like_timestamp(t))
-            .map(str::to_owned);
-        return Some(close + 1);
+        let time = words.next().filter(|t| looks_like_timestamp(t));
+        return Some((Bracket::Host(host, time), close + 1));
     }
     None
+}
+
+/// `[TSS04]`-style tokens, or a `[host timestamp id]` block (the last one wins).
+fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
+    let (found, len) = bracket_at(s)?;
+    match found {
+        Bracket::Token(t) => push_unique(&mut out.tokens, t),
+        Bracket::Host(host, time) => {
+            // Kept exactly as the receiver wrote it: it is escalation evidence.
+            out.host = Some(host.to_owned());
+            out.host_time = time.map(str::to_owned);
+        }
+    }
+    Some(len)
+}
+
+/// The receiving host (and its timestamp) of the reply's `[host timestamp id]`
+/// block, the same one [`extract`] reports, without extracting anything else: the
+/// classifier needs only this, and only when neither `--mx` nor the wrapper named a
+/// host.
+pub fn named_host(text: &str) -> Option<(&str, Option<&str>)> {
+    let mut found = None;
+    let mut pos = 0;
+    while let Some(at) = memchr::memchr(b'[', &text.as_bytes()[pos..]) {
+        let at = pos + at;
+        pos = match bracket_at(&text[at..]) {
+            Some((Bracket::Host(host, time), len)) => {
+                found = Some((host, time));
+                at + len
+            }
+            Some((Bracket::Token(_), len)) => at + len,
+            None => at + 1,
+        };
+    }
+    found
 }
 
 fn looks_like_host(s: &str) -> bool {

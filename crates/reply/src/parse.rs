@@ -9,6 +9,7 @@
 
 use crate::verdict::Stage;
 use aho_corasick::{AhoCorasick, MatchKind};
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::LazyLock;
@@ -179,6 +180,51 @@ pub enum NotAReply {
     NoCode,
 }
 
+/// A parsed SMTP reply that borrows from its input: what [`parse_borrowed`] returns
+/// and what [`crate::Engine::classify`] works on, without allocating when the reply's
+/// text is a plain slice of the input (a single-line reply, the common case).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed<'a> {
+    /// The basic reply code (200–599).
+    pub code: u16,
+    /// The enhanced status code, if the reply carries one.
+    pub enhanced: Option<EnhancedCode>,
+    /// The reply as found inside its wrapper, line breaks kept.
+    pub raw: &'a str,
+    /// The reply text, as [`Reply::text`]: borrowed when it is a slice of the input,
+    /// owned when lines had to be joined or continuation prefixes removed.
+    pub text: Cow<'a, str>,
+    /// The SMTP stage the reply answered, when the wrapper says.
+    pub stage: Option<Stage>,
+    /// Where the reply was found.
+    pub wrapper: Wrapper,
+    /// The remote host the wrapper names, if any.
+    pub remote_host: Option<&'a str>,
+    /// The remote host's address the wrapper names, if any.
+    pub remote_ip: Option<IpAddr>,
+}
+
+impl Parsed<'_> {
+    /// The owned [`Reply`].
+    pub fn into_owned(self) -> Reply {
+        Reply {
+            code: self.code,
+            enhanced: self.enhanced,
+            raw: self.raw.to_owned(),
+            text: self.text.into_owned(),
+            stage: self.stage,
+            wrapper: self.wrapper,
+            remote_host: self.remote_host.map(str::to_owned),
+            remote_ip: self.remote_ip,
+        }
+    }
+
+    /// Whether the enhanced code's class agrees with the basic code.
+    pub fn enhanced_agrees(&self) -> Option<bool> {
+        self.enhanced.map(|e| e.class == self.code / 100)
+    }
+}
+
 /// Parse bytes that may not be UTF-8 (invalid sequences are replaced, not dropped).
 pub fn parse_bytes(input: &[u8]) -> Result<Reply, NotAReply> {
     if looks_binary(input) {
@@ -189,6 +235,11 @@ pub fn parse_bytes(input: &[u8]) -> Result<Reply, NotAReply> {
 
 /// Find the SMTP reply in `input` and parse it.
 pub fn parse(input: &str) -> Result<Reply, NotAReply> {
+    parse_borrowed(input).map(Parsed::into_owned)
+}
+
+/// Find the SMTP reply in `input` and parse it, borrowing from `input` (see [`Parsed`]).
+pub fn parse_borrowed(input: &str) -> Result<Parsed<'_>, NotAReply> {
     let input = input.trim();
     if input.is_empty() {
         return Err(NotAReply::Empty);
@@ -208,10 +259,10 @@ pub fn parse(input: &str) -> Result<Reply, NotAReply> {
     let code = u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
     let (enhanced_at_start, text) = reply_text(body, code);
     let enhanced = enhanced_at_start.or_else(|| enhanced_in_text(&text, code));
-    Ok(Reply {
+    Ok(Parsed {
         code,
         enhanced,
-        raw: body.to_owned(),
+        raw: body,
         text,
         stage: found.stage,
         wrapper: found.wrapper,
@@ -287,7 +338,7 @@ struct Unwrapped<'a> {
     body: &'a str,
     wrapper: Wrapper,
     stage: Option<Stage>,
-    remote_host: Option<String>,
+    remote_host: Option<&'a str>,
     remote_ip: Option<IpAddr>,
 }
 
@@ -418,11 +469,11 @@ fn diagnostic_value(after: &str) -> &str {
 }
 
 /// `Remote-MTA: dns; mx.example.com` anywhere in a DSN.
-fn remote_mta(input: &str) -> Option<String> {
+fn remote_mta(input: &str) -> Option<&str> {
     let at = find_ci(input, "Remote-MTA:")?;
     let value = input[at + 11..].lines().next()?.trim();
     let value = value.split_once(';').map_or(value, |(_, v)| v).trim();
-    (!value.is_empty()).then(|| value.trim_end_matches('.').to_owned())
+    (!value.is_empty()).then(|| value.trim_end_matches('.'))
 }
 
 /// Postfix: `… (in reply to RCPT TO command)` at the end gives the stage; the body ends there.
@@ -468,7 +519,7 @@ fn stage_from_command(s: &str) -> Option<Stage> {
 }
 
 /// Postfix `host mx.example[192.0.2.1]` just before `said:`.
-fn host_before(before: &str) -> (Option<String>, Option<IpAddr>) {
+fn host_before(before: &str) -> (Option<&str>, Option<IpAddr>) {
     let Some(i) = before.rfind("host ") else {
         return (None, None);
     };
@@ -476,7 +527,7 @@ fn host_before(before: &str) -> (Option<String>, Option<IpAddr>) {
 }
 
 /// Exim `…: host mx.example [192.0.2.1]: 550 …` after the command.
-fn exim_host(after: &str) -> (Option<String>, Option<IpAddr>) {
+fn exim_host(after: &str) -> (Option<&str>, Option<IpAddr>) {
     let Some(i) = after.find(": host ") else {
         return (None, None);
     };
@@ -486,7 +537,7 @@ fn exim_host(after: &str) -> (Option<String>, Option<IpAddr>) {
 }
 
 /// `name[ip]` or `name [ip]`.
-fn split_host_ip(s: &str) -> (Option<String>, Option<IpAddr>) {
+fn split_host_ip(s: &str) -> (Option<&str>, Option<IpAddr>) {
     let (name, ip) = match s.find('[') {
         Some(i) => {
             let ip = s[i + 1..].split(']').next().unwrap_or("");
@@ -494,7 +545,7 @@ fn split_host_ip(s: &str) -> (Option<String>, Option<IpAddr>) {
         }
         None => (s.split_whitespace().next().unwrap_or(""), None),
     };
-    let name = name.trim_end_matches('.').to_owned();
+    let name = name.trim_end_matches('.');
     let usable = !name.is_empty() && name.contains('.') && !name.contains(' ');
     (usable.then_some(name), ip)
 }
@@ -515,7 +566,7 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
 /// prefix (same code) is always a continuation marker; a bare `NNN` word is one at
 /// the start of a line or once the reply has shown it is flattened; the enhanced code
 /// repeated right after such a marker is dropped (RFC 2034 §3 repeats it per line).
-fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
+fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, Cow<'_, str>) {
     let code_str = [
         b'0' + (code / 100) as u8,
         b'0' + (code / 10 % 10) as u8,
@@ -542,6 +593,15 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
         enhanced = Some(e);
         enh_len = n;
         pos += hash + n;
+    }
+    // Plain single-line text (words separated by single spaces, no continuation
+    // prefixes): the text is a slice of the input, nothing to build.
+    let mut first = pos;
+    while b.get(first) == Some(&b' ') {
+        first += 1;
+    }
+    if is_plain_text(&b[first..], code_str) {
+        return (enhanced, Cow::Borrowed(&body[first..]));
     }
     let enh_bytes = &b[pos - enh_len..pos];
     let is_enh = |w: &[u8]| {
@@ -592,7 +652,34 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
         let end = w_start + (i - w_start);
         text.push_str(&body[end - word.len()..end]);
     }
-    (enhanced, text)
+    (enhanced, Cow::Owned(text))
+}
+
+/// Whether `rest` (trimmed at its end by the caller) is already the reply text: no
+/// whitespace but single spaces between words, and no word starting with the
+/// `NNN-` continuation prefix of this reply's code. Any other byte below `!` (line
+/// breaks, tabs, control bytes) sends the reply to the word-by-word join, which is
+/// the reference; this only recognises the common case cheaply.
+fn is_plain_text(rest: &[u8], code: [u8; 3]) -> bool {
+    let prefix = [code[0], code[1], code[2], b'-'];
+    let mut word_start = true;
+    let mut prev_space = false;
+    for (i, &c) in rest.iter().enumerate() {
+        if c <= b' ' {
+            if c != b' ' || prev_space {
+                return false;
+            }
+            prev_space = true;
+            word_start = true;
+        } else {
+            if word_start && c == code[0] && rest[i..].starts_with(&prefix) {
+                return false;
+            }
+            prev_space = false;
+            word_start = false;
+        }
+    }
+    !prev_space
 }
 
 /// An enhanced code inside the text (Yahoo: `553 Mail from x not allowed - 5.7.1 [BL23]`),
