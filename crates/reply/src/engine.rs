@@ -18,6 +18,8 @@ use std::collections::HashMap;
 const BUCKETS: usize = 10;
 const NO_ENHANCED: usize = 9;
 const CODES: usize = 400; // 200..=599
+/// Words in a bitset over the basic codes 200..=599.
+const CODE_WORDS: usize = CODES.div_ceil(64);
 
 struct Compiled {
     def: RuleDef,
@@ -42,9 +44,14 @@ pub struct Engine {
     phrase_count: usize,
     /// For each phrase id, the provider it marks (if it is a marker).
     marker_of: Vec<Option<u16>>,
-    /// `index[(code - 200) * BUCKETS + bucket]` = indices of the rules without
-    /// phrase conditions that may match there, in priority order.
-    index: Vec<Vec<u32>>,
+    /// Bitsets of `rule_words` words each: at `((code - 200) * BUCKETS + bucket)`, the
+    /// rules without phrase conditions that may match there.
+    index: Vec<u64>,
+    /// Words in a bitset over the rules.
+    rule_words: usize,
+    /// Bitsets of `CODE_WORDS` words: at `ri`, the basic codes rule `ri` accepts
+    /// (bit `code - 200`); checked before anything else about a candidate.
+    codes_of_rule: Vec<u64>,
     /// For each phrase id, the rules whose `all`/`any` name it.
     rules_of_phrase: Vec<Vec<u32>>,
 }
@@ -163,7 +170,19 @@ impl Engine {
         let start = automaton
             .start_state(Anchored::No)
             .map_err(|e| invalid_automaton(e.to_string()))?;
-        let mut index = vec![Vec::new(); CODES * BUCKETS];
+        let rule_words = rules.len().div_ceil(64).max(1);
+        let mut index = vec![0u64; CODES * BUCKETS * rule_words];
+        let mut codes_of_rule = vec![0u64; rules.len() * CODE_WORDS];
+        for (ri, r) in rules.iter().enumerate() {
+            for code in 200u16..600 {
+                if r.codes.is_empty() || r.codes.iter().any(|c| c.matches(code)) {
+                    set(
+                        &mut codes_of_rule[ri * CODE_WORDS..(ri + 1) * CODE_WORDS],
+                        u32::from(code - 200),
+                    );
+                }
+            }
+        }
         let mut rules_of_phrase = vec![Vec::new(); phrase_count];
         for (ri, r) in rules.iter().enumerate() {
             if !r.all.is_empty() || !r.any.is_empty() {
@@ -181,7 +200,8 @@ impl Engine {
                 }
                 for bucket in 0..BUCKETS {
                     if rule_may_match_bucket(r, bucket) {
-                        index[usize::from(code - 200) * BUCKETS + bucket].push(ri as u32);
+                        let at = (usize::from(code - 200) * BUCKETS + bucket) * rule_words;
+                        set(&mut index[at..at + rule_words], ri as u32);
                     }
                 }
             }
@@ -194,6 +214,8 @@ impl Engine {
             phrase_count,
             marker_of,
             index,
+            rule_words,
+            codes_of_rule,
             rules_of_phrase,
         })
     }
@@ -257,12 +279,11 @@ impl Engine {
         let marked = self.phrases_in(&reply.text, seen, candidates);
         let provider = self.provider(&reply, mx, marked);
         let bucket = bucket_of(reply.enhanced);
-        for &ri in &self.index[usize::from(reply.code - 200) * BUCKETS + bucket] {
-            set(candidates, ri);
+        let at = (usize::from(reply.code - 200) * BUCKETS + bucket) * self.rule_words;
+        for (word, rules) in candidates.iter_mut().zip(&self.index[at..]) {
+            *word |= rules;
         }
-        let winner = set_bits(candidates)
-            .map(|ri| &self.rules[ri])
-            .find(|r| self.rule_matches(r, &reply, provider, seen));
+        let winner = self.first_match(candidates, &reply, provider, seen);
         let default_action = match reply.code {
             200..=399 => Action::Deliver,
             400..=499 => Action::Retry,
@@ -299,9 +320,7 @@ impl Engine {
         let mut sid = self.start;
         for &byte in text.as_bytes() {
             sid = dfa.next_state(Anchored::No, sid, byte);
-            // Special states are the dead state (never reached unanchored), the match
-            // states and the start state; only match states need work.
-            if dfa.is_special(sid) && dfa.is_match(sid) {
+            if dfa.is_match(sid) {
                 for i in 0..dfa.match_len(sid) {
                     let id = dfa.match_pattern(sid, i).as_u32();
                     if !has(seen, id) {
@@ -331,6 +350,32 @@ impl Engine {
             .or(marked)
     }
 
+    /// The first candidate (lowest index = highest priority) whose conditions hold.
+    fn first_match(
+        &self,
+        candidates: &[u64],
+        reply: &Parsed<'_>,
+        provider: Option<u16>,
+        seen: &[u64],
+    ) -> Option<&Compiled> {
+        let code = usize::from(reply.code - 200);
+        let (code_word, code_bit) = (code / 64, 1u64 << (code % 64));
+        for (w, &word) in candidates.iter().enumerate() {
+            let mut rest = word;
+            while rest != 0 {
+                let ri = w * 64 + rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                // The basic code first: one bit test rules most candidates out.
+                if self.codes_of_rule[ri * CODE_WORDS + code_word] & code_bit != 0
+                    && self.rule_matches(&self.rules[ri], reply, provider, seen)
+                {
+                    return Some(&self.rules[ri]);
+                }
+            }
+        }
+        None
+    }
+
     fn rule_matches(
         &self,
         r: &Compiled,
@@ -338,8 +383,8 @@ impl Engine {
         provider: Option<u16>,
         seen: &[u64],
     ) -> bool {
-        (r.codes.is_empty() || r.codes.iter().any(|c| c.matches(reply.code)))
-            && (r.provider.is_none() || r.provider == provider)
+        // The basic code was checked by the caller (`codes_of_rule`).
+        (r.provider.is_none() || r.provider == provider)
             && (r.enhanced.is_empty() || r.enhanced.iter().any(|e| e.matches(reply.enhanced)))
             && r.def.stage.is_none_or(|s| reply.stage == Some(s))
             && r.all.iter().all(|&id| has(seen, id))
@@ -372,20 +417,6 @@ fn has(bits: &[u64], id: u32) -> bool {
 
 fn set(bits: &mut [u64], id: u32) {
     bits[id as usize / 64] |= 1 << (id % 64);
-}
-
-/// The set bits' indices, ascending.
-fn set_bits(bits: &[u64]) -> impl Iterator<Item = usize> + '_ {
-    bits.iter().enumerate().flat_map(|(w, &word)| {
-        let mut rest = word;
-        std::iter::from_fn(move || {
-            (rest != 0).then(|| {
-                let bit = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                w * 64 + bit
-            })
-        })
-    })
 }
 
 fn bucket_of(e: Option<EnhancedCode>) -> usize {

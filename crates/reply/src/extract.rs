@@ -148,7 +148,8 @@ enum Bracket<'a> {
 /// The bracket starting `s` (which starts with `[`) and its length, if it is a token
 /// or a host block.
 fn bracket_at(s: &str) -> Option<(Bracket<'_>, usize)> {
-    let close = s.as_bytes().iter().take(200).position(|&c| c == b']')?;
+    let b = s.as_bytes();
+    let close = memchr::memchr(b']', &b[..b.len().min(200)])?;
     let inner = &s[1..close];
     let ib = inner.as_bytes();
     let letters = ib.iter().take_while(|c| c.is_ascii_uppercase()).count();
@@ -158,6 +159,11 @@ fn bracket_at(s: &str) -> Option<(Bracket<'_>, usize)> {
         && ib[letters..].iter().all(u8::is_ascii_digit)
     {
         return Some((Bracket::Token(&s[..=close]), close + 1));
+    }
+    // Cheap refusals first: most brackets are `[IP]` or text, and a host word starts
+    // at once (as `split_ascii_whitespace` would find it only after leading blanks).
+    if !ib.iter().any(u8::is_ascii_alphabetic) {
+        return None;
     }
     let mut words = inner.split_ascii_whitespace();
     let host = words.next()?;
@@ -203,13 +209,18 @@ pub fn named_host(text: &str) -> Option<(&str, Option<&str>)> {
     found
 }
 
+/// A dotted name of letters, digits and `-` with at least one letter. (Such a word
+/// never parses as an IP address: IPv4 has no letters, IPv6 has colons.)
 fn looks_like_host(s: &str) -> bool {
-    s.contains('.')
-        && s.len() <= 253
-        && s.bytes().any(|c| c.is_ascii_alphabetic())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-')
-        && s.parse::<IpAddr>().is_err()
+    let (mut dot, mut letter) = (false, false);
+    s.len() <= 253
+        && s.bytes().all(|c| {
+            dot |= c == b'.';
+            letter |= c.is_ascii_alphabetic();
+            c.is_ascii_alphanumeric() || c == b'.' || c == b'-'
+        })
+        && dot
+        && letter
 }
 
 /// `2024-07-14T14:44:43.083Z`.

@@ -244,7 +244,8 @@ pub fn parse_borrowed(input: &str) -> Result<Parsed<'_>, NotAReply> {
     if input.is_empty() {
         return Err(NotAReply::Empty);
     }
-    if looks_binary(input.as_bytes()) {
+    let controls = has_control_byte(input.as_bytes());
+    if controls && looks_binary(input.as_bytes()) {
         return Err(NotAReply::Binary);
     }
     let found = unwrap(input);
@@ -257,7 +258,8 @@ pub fn parse_borrowed(input: &str) -> Result<Parsed<'_>, NotAReply> {
     let body = &body[start..];
     let b = body.as_bytes();
     let code = u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
-    let (enhanced_at_start, text) = reply_text(body, code);
+    // Without control bytes (line breaks, tabs) the text may be a plain slice.
+    let (enhanced_at_start, text) = reply_text(body, code, !controls);
     let enhanced = enhanced_at_start.or_else(|| enhanced_in_text(&text, code));
     Ok(Parsed {
         code,
@@ -566,7 +568,7 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
 /// prefix (same code) is always a continuation marker; a bare `NNN` word is one at
 /// the start of a line or once the reply has shown it is flattened; the enhanced code
 /// repeated right after such a marker is dropped (RFC 2034 §3 repeats it per line).
-fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, Cow<'_, str>) {
+fn reply_text(body: &str, code: u16, may_be_plain: bool) -> (Option<EnhancedCode>, Cow<'_, str>) {
     let code_str = [
         b'0' + (code / 100) as u8,
         b'0' + (code / 10 % 10) as u8,
@@ -600,7 +602,7 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, Cow<'_, str>) {
     while b.get(first) == Some(&b' ') {
         first += 1;
     }
-    if is_plain_text(&b[first..], code_str) {
+    if may_be_plain && is_plain_text(&b[first..], code_str) {
         return (enhanced, Cow::Borrowed(&body[first..]));
     }
     let enh_bytes = &b[pos - enh_len..pos];
@@ -655,40 +657,45 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, Cow<'_, str>) {
     (enhanced, Cow::Owned(text))
 }
 
-/// Whether `rest` (trimmed at its end by the caller) is already the reply text: no
-/// whitespace but single spaces between words, and no word starting with the
-/// `NNN-` continuation prefix of this reply's code. Any other byte below `!` (line
-/// breaks, tabs, control bytes) sends the reply to the word-by-word join, which is
-/// the reference; this only recognises the common case cheaply.
+/// Whether `rest` (trimmed at its end, free of control bytes: no line breaks or
+/// tabs) is already the reply text: no double spaces, and no word starting with the
+/// `NNN-` continuation prefix of this reply's code. The word-by-word join remains
+/// the reference; this only recognises the common case, with SIMD searches.
 fn is_plain_text(rest: &[u8], code: [u8; 3]) -> bool {
-    let prefix = [code[0], code[1], code[2], b'-'];
-    let mut word_start = true;
-    let mut prev_space = false;
-    for (i, &c) in rest.iter().enumerate() {
-        if c <= b' ' {
-            if c != b' ' || prev_space {
-                return false;
-            }
-            prev_space = true;
-            word_start = true;
-        } else {
-            if word_start && c == code[0] && rest[i..].starts_with(&prefix) {
-                return false;
-            }
-            prev_space = false;
-            word_start = false;
-        }
+    static DOUBLE_SPACE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"  "));
+    if DOUBLE_SPACE.find(rest).is_some() {
+        return false;
     }
-    !prev_space
+    !memchr::memchr_iter(b'-', rest).any(|dash| {
+        dash >= 3 && rest[dash - 3..dash] == code && (dash == 3 || rest[dash - 4] == b' ')
+    })
 }
 
 /// An enhanced code inside the text (Yahoo: `553 Mail from x not allowed - 5.7.1 [BL23]`),
 /// accepted only when its class agrees with the basic code.
 fn enhanced_in_text(text: &str, code: u16) -> Option<EnhancedCode> {
-    text.split_ascii_whitespace().find_map(|w| {
-        let w = w
-            .trim_start_matches(['#', '('])
-            .trim_end_matches([',', ';', ')', ':']);
+    // A code's first dot follows its class digit, which starts the word once `#`/`(`
+    // are trimmed: only those dots need a look (the text has few dots, many words).
+    let b = text.as_bytes();
+    let class = b'0' + (code / 100) as u8;
+    memchr::memchr_iter(b'.', b).find_map(|dot| {
+        let digit = dot.checked_sub(1)?;
+        if b[digit] != class {
+            return None;
+        }
+        let mut start = digit;
+        while start > 0 && matches!(b[start - 1], b'#' | b'(') {
+            start -= 1;
+        }
+        if start > 0 && !b[start - 1].is_ascii_whitespace() {
+            return None;
+        }
+        let end = b[dot..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .map_or(b.len(), |n| dot + n);
+        let w = text[digit..end].trim_end_matches([',', ';', ')', ':']);
         EnhancedCode::parse(w).filter(|e| e.class == code / 100)
     })
 }
@@ -846,5 +853,72 @@ mod tests {
         assert_eq!(parse(&long), Err(NotAReply::NoCode));
         let long = format!("550 5.1.1 {}", "y ".repeat(50_000));
         assert_eq!(parse(&long).unwrap().code, 550);
+    }
+
+    /// The reply text taken as a slice (fast path) must equal the word-by-word join
+    /// (the reference) whenever the fast path is taken.
+    fn plain_slice_agrees_with_join(body: &str) {
+        let body = body.trim();
+        if !starts_with_code(body.as_bytes()) {
+            return;
+        }
+        let b = body.as_bytes();
+        let code =
+            u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
+        let may_be_plain = !has_control_byte(b);
+        let (e_fast, fast) = reply_text(body, code, may_be_plain);
+        let (e_ref, reference) = reply_text(body, code, false);
+        assert_eq!(e_fast, e_ref, "{body:?}");
+        assert_eq!(fast, reference, "{body:?}");
+    }
+
+    #[test]
+    fn plain_text_slices_match_the_join_on_the_corpus() {
+        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        let mut plain = 0;
+        for case in corpus["case"].as_array().unwrap() {
+            let body = case["reply"].as_str().unwrap();
+            plain_slice_agrees_with_join(body);
+            plain += usize::from(starts_with_code(body.trim().as_bytes()));
+        }
+        assert!(plain > 200, "only {plain} raw replies checked");
+        for body in [
+            "550 5.1.1  two  spaces",
+            "550-5.1.1 a 550-5.1.1 b 550 5.1.1 c",
+            "550 x 550- y",
+            "550 550-z",
+            "451 4.7.500 a-b 451x-c x451-d",
+            "250-PIPELINING",
+            "550 5.1.1 ",
+            "550 #5.1.1 text 5.1.1",
+        ] {
+            plain_slice_agrees_with_join(body);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_text_slices_match_the_join(
+            code in "[245][0-9][0-9]",
+            sep in "[ -]?",
+            rest in "([ a-z0-9.#-]|[245][0-9][0-9]-?){0,40}",
+        ) {
+            plain_slice_agrees_with_join(&format!("{code}{sep}{rest}"));
+        }
+
+        #[test]
+        fn enhanced_in_text_matches_word_by_word(
+            code in "[245][0-9][0-9]",
+            text in "([ #(),;:a-z.]|[245]\\.[0-9]{1,3}\\.[0-9]{1,3}){0,30}",
+        ) {
+            let code: u16 = code.parse().unwrap();
+            let reference = text.split_ascii_whitespace().find_map(|w| {
+                let w = w
+                    .trim_start_matches(['#', '('])
+                    .trim_end_matches([',', ';', ')', ':']);
+                EnhancedCode::parse(w).filter(|e| e.class == code / 100)
+            });
+            proptest::prop_assert_eq!(enhanced_in_text(&text, code), reference);
+        }
     }
 }
