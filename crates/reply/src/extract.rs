@@ -45,9 +45,12 @@ pub fn extract(text: &str) -> Extracted {
                     None
                 }
             }
-            // Addresses are tried where a digit starts a word: IPv6 written with a
-            // leading letter (`fe80::1`) is not picked up, to keep this scan cheap.
+            // Addresses are tried where a digit starts a word, or where hex letters
+            // followed by `:` do (IPv6 such as `fe80::1`, `[abcd::1]`).
             b'0'..=b'9' if boundary && (i == 0 || b[i - 1] != b'.') => ip(&text[i..], &mut out.ips),
+            b'a'..=b'f' | b'A'..=b'F' if boundary && hex_group_then_colon(&b[i..]) => {
+                ip(&text[i..], &mut out.ips)
+            }
             b'A'..=b'Z' if boundary => word_token(&b[i..], &mut out.tokens),
             _ => None,
         };
@@ -278,6 +281,17 @@ fn case_param(u: &[u8]) -> Option<usize> {
     amp
 }
 
+/// One to four hex digits then `:`: how an IPv6 address written with a leading letter
+/// starts (a word such as `add:` is then refused by the address parser).
+fn hex_group_then_colon(b: &[u8]) -> bool {
+    let n = b
+        .iter()
+        .take(5)
+        .take_while(|c| c.is_ascii_hexdigit())
+        .count();
+    (1..=4).contains(&n) && b.get(n) == Some(&b':')
+}
+
 /// An IPv4 or IPv6 address starting here (the run of address characters must parse).
 fn ip(s: &str, ips: &mut Vec<IpAddr>) -> Option<usize> {
     let b = s.as_bytes();
@@ -371,6 +385,15 @@ mod tests {
 
     #[test]
     fn ipv6_and_no_false_ips() {
+        let e = extract("from [fe80::1] and abcd::1 and [ABCD:ef::2] but not add: or beef:");
+        assert_eq!(
+            e.ips,
+            [
+                "fe80::1".parse::<IpAddr>().unwrap(),
+                "abcd::1".parse().unwrap(),
+                "abcd:ef::2".parse().unwrap()
+            ]
+        );
         let e = extract("from [2001:db8::25] at 14:44:43 version 4.16.55.1 and 10.0.0.1.");
         assert_eq!(
             e.ips,
