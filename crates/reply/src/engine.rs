@@ -18,8 +18,6 @@ use std::collections::HashMap;
 const BUCKETS: usize = 10;
 const NO_ENHANCED: usize = 9;
 const CODES: usize = 400; // 200..=599
-/// Words in a bitset over the basic codes 200..=599.
-const CODE_WORDS: usize = CODES.div_ceil(64);
 
 struct Compiled {
     def: RuleDef,
@@ -49,9 +47,12 @@ pub struct Engine {
     index: Vec<u64>,
     /// Words in a bitset over the rules.
     rule_words: usize,
-    /// Bitsets of `CODE_WORDS` words: at `ri`, the basic codes rule `ri` accepts
-    /// (bit `code - 200`); checked before anything else about a candidate.
-    codes_of_rule: Vec<u64>,
+    /// Bitsets of `rule_words` words: at `code - 200`, the rules that accept this
+    /// basic code; candidates are masked with it before any rule is looked at.
+    rules_of_code: Vec<u64>,
+    /// Bitsets of `rule_words` words: at `p`, the rules that hold for provider `p`
+    /// (no provider condition, or this one); the last bitset is for "unknown".
+    rules_of_provider: Vec<u64>,
     /// For each phrase id, the rules whose `all`/`any` name it.
     rules_of_phrase: Vec<Vec<u32>>,
 }
@@ -172,14 +173,19 @@ impl Engine {
             .map_err(|e| invalid_automaton(e.to_string()))?;
         let rule_words = rules.len().div_ceil(64).max(1);
         let mut index = vec![0u64; CODES * BUCKETS * rule_words];
-        let mut codes_of_rule = vec![0u64; rules.len() * CODE_WORDS];
+        let mut rules_of_code = vec![0u64; CODES * rule_words];
+        let mut rules_of_provider = vec![0u64; (providers.len() + 1) * rule_words];
         for (ri, r) in rules.iter().enumerate() {
             for code in 200u16..600 {
                 if r.codes.is_empty() || r.codes.iter().any(|c| c.matches(code)) {
-                    set(
-                        &mut codes_of_rule[ri * CODE_WORDS..(ri + 1) * CODE_WORDS],
-                        u32::from(code - 200),
-                    );
+                    let at = usize::from(code - 200) * rule_words;
+                    set(&mut rules_of_code[at..at + rule_words], ri as u32);
+                }
+            }
+            for p in 0..=providers.len() {
+                if r.provider.is_none_or(|rp| usize::from(rp) == p) {
+                    let at = p * rule_words;
+                    set(&mut rules_of_provider[at..at + rule_words], ri as u32);
                 }
             }
         }
@@ -215,7 +221,8 @@ impl Engine {
             marker_of,
             index,
             rule_words,
-            codes_of_rule,
+            rules_of_code,
+            rules_of_provider,
             rules_of_phrase,
         })
     }
@@ -314,28 +321,46 @@ impl Engine {
     /// One pass of the automaton: marks in `seen` the phrases that occur in `text` and
     /// in `candidates` the rules that name them; returns the first provider (file
     /// order) one of whose markers occurs.
+    // Its own function: inlined into the caller, the walk lost registers to it.
+    #[inline(never)]
     fn phrases_in(&self, text: &str, seen: &mut [u64], candidates: &mut [u64]) -> Option<u16> {
         let dfa = &self.phrases;
         let mut marked: Option<u16> = None;
         let mut sid = self.start;
-        for &byte in text.as_bytes() {
-            sid = dfa.next_state(Anchored::No, sid, byte);
-            if dfa.is_match(sid) {
-                for i in 0..dfa.match_len(sid) {
-                    let id = dfa.match_pattern(sid, i).as_u32();
-                    if !has(seen, id) {
-                        set(seen, id);
-                        for &ri in &self.rules_of_phrase[id as usize] {
-                            set(candidates, ri);
-                        }
-                        if let Some(p) = self.marker_of[id as usize] {
-                            marked = Some(marked.map_or(p, |b| b.min(p)));
-                        }
-                    }
+        let mut rest = text.as_bytes();
+        // The walk stays tight (one table lookup per byte, everything in registers)
+        // up to the next match state; the rare match states are handled out of line.
+        while let Some(at) = next_match(dfa, &mut sid, rest) {
+            self.record_matches(sid, seen, candidates, &mut marked);
+            rest = &rest[at + 1..];
+        }
+        marked
+    }
+
+    /// Marks the phrases ending in match state `sid`, the rules naming them, and the
+    /// provider one of them marks (the first in file order wins).
+    #[cold]
+    #[inline(never)]
+    fn record_matches(
+        &self,
+        sid: StateID,
+        seen: &mut [u64],
+        candidates: &mut [u64],
+        marked: &mut Option<u16>,
+    ) {
+        let dfa = &self.phrases;
+        for i in 0..dfa.match_len(sid) {
+            let id = dfa.match_pattern(sid, i).as_u32();
+            if !has(seen, id) {
+                set(seen, id);
+                for &ri in &self.rules_of_phrase[id as usize] {
+                    set(candidates, ri);
+                }
+                if let Some(p) = self.marker_of[id as usize] {
+                    *marked = Some(marked.map_or(p, |b| b.min(p)));
                 }
             }
         }
-        marked
     }
 
     /// The provider: from `--mx`, else the wrapper's remote host, else the host the
@@ -346,7 +371,7 @@ impl Engine {
             .or_else(|| reply.remote_host.and_then(by_host))
             // Looked for only when needed: most replies are settled by `--mx` or the
             // wrapper's host, or carry no host block at all.
-            .or_else(|| named_host(&reply.text).and_then(|(h, _)| by_host(h)))
+            .or_else(|| named_host(&reply.text).and_then(by_host))
             .or(marked)
     }
 
@@ -358,17 +383,17 @@ impl Engine {
         provider: Option<u16>,
         seen: &[u64],
     ) -> Option<&Compiled> {
-        let code = usize::from(reply.code - 200);
-        let (code_word, code_bit) = (code / 64, 1u64 << (code % 64));
+        // Basic code and provider by whole words: most candidates go here at once.
+        let words = self.rule_words;
+        let by_code = &self.rules_of_code[usize::from(reply.code - 200) * words..][..words];
+        let p = provider.map_or(self.providers.len(), usize::from);
+        let by_provider = &self.rules_of_provider[p * words..][..words];
         for (w, &word) in candidates.iter().enumerate() {
-            let mut rest = word;
+            let mut rest = word & by_code[w] & by_provider[w];
             while rest != 0 {
                 let ri = w * 64 + rest.trailing_zeros() as usize;
                 rest &= rest - 1;
-                // The basic code first: one bit test rules most candidates out.
-                if self.codes_of_rule[ri * CODE_WORDS + code_word] & code_bit != 0
-                    && self.rule_matches(&self.rules[ri], reply, provider, seen)
-                {
+                if self.rule_matches(&self.rules[ri], reply, seen) {
                     return Some(&self.rules[ri]);
                 }
             }
@@ -376,21 +401,30 @@ impl Engine {
         None
     }
 
-    fn rule_matches(
-        &self,
-        r: &Compiled,
-        reply: &Parsed<'_>,
-        provider: Option<u16>,
-        seen: &[u64],
-    ) -> bool {
-        // The basic code was checked by the caller (`codes_of_rule`).
-        (r.provider.is_none() || r.provider == provider)
-            && (r.enhanced.is_empty() || r.enhanced.iter().any(|e| e.matches(reply.enhanced)))
+    fn rule_matches(&self, r: &Compiled, reply: &Parsed<'_>, seen: &[u64]) -> bool {
+        // Basic code and provider were checked by the caller, by whole words.
+        (r.enhanced.is_empty() || r.enhanced.iter().any(|e| e.matches(reply.enhanced)))
             && r.def.stage.is_none_or(|s| reply.stage == Some(s))
             && r.all.iter().all(|&id| has(seen, id))
             && (r.any.is_empty() || r.any.iter().any(|&id| has(seen, id)))
             && !r.not.iter().any(|&id| has(seen, id))
     }
+}
+
+/// Walk `bytes` from state `sid` up to the first byte that ends in a match state;
+/// its index, or `None` when the walk ends without one (`sid` is left where it is).
+#[inline]
+fn next_match(dfa: &DFA, sid: &mut StateID, bytes: &[u8]) -> Option<usize> {
+    let mut state = *sid;
+    for (i, &byte) in bytes.iter().enumerate() {
+        state = dfa.next_state(Anchored::No, state, byte);
+        if dfa.is_match(state) {
+            *sid = state;
+            return Some(i);
+        }
+    }
+    *sid = state;
+    None
 }
 
 /// Bitset words kept on the stack: 1,024 bits, room for the embedded phrases and rules.

@@ -149,8 +149,8 @@ enum Bracket<'a> {
 }
 
 /// The bracket starting `s` (which starts with `[`) and its length, if it is a token
-/// or a host block.
-fn bracket_at(s: &str) -> Option<(Bracket<'_>, usize)> {
+/// or a host block; the host block's timestamp only when `want_time`.
+fn bracket_at(s: &str, want_time: bool) -> Option<(Bracket<'_>, usize)> {
     let b = s.as_bytes();
     let close = memchr::memchr(b']', &b[..b.len().min(200)])?;
     let inner = &s[1..close];
@@ -163,23 +163,66 @@ fn bracket_at(s: &str) -> Option<(Bracket<'_>, usize)> {
     {
         return Some((Bracket::Token(&s[..=close]), close + 1));
     }
-    // Cheap refusals first: most brackets are `[IP]` or text, and a host word starts
-    // at once (as `split_ascii_whitespace` would find it only after leading blanks).
-    if !ib.iter().any(u8::is_ascii_alphabetic) {
+    // The first word (as `split_ascii_whitespace` finds it) must look like a host.
+    let start = ib.iter().position(|c| !c.is_ascii_whitespace())?;
+    let (len, seen) = host_run(&ib[start..]);
+    let end = start + len;
+    let word_ends = ib.get(end).is_none_or(u8::is_ascii_whitespace);
+    if !(word_ends && len <= 253 && seen & (DOT | LETTER) == DOT | LETTER) {
         return None;
     }
-    let mut words = inner.split_ascii_whitespace();
-    let host = words.next()?;
-    if looks_like_host(host) {
-        let time = words.next().filter(|t| looks_like_timestamp(t));
-        return Some((Bracket::Host(host, time), close + 1));
+    let host = &inner[start..end];
+    let time = if want_time {
+        inner[end..]
+            .split_ascii_whitespace()
+            .next()
+            .filter(|t| looks_like_timestamp(t))
+    } else {
+        None
+    };
+    Some((Bracket::Host(host, time), close + 1))
+}
+
+/// Host-name byte classes, by table (one lookup per byte of a host block).
+const HOST_CHAR: u8 = 1;
+const DOT: u8 = 2;
+const LETTER: u8 = 4;
+const HOST_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_alphabetic() {
+            HOST_CHAR | LETTER
+        } else if b == b'.' {
+            HOST_CHAR | DOT
+        } else if b.is_ascii_digit() || b == b'-' {
+            HOST_CHAR
+        } else {
+            0
+        };
+        c += 1;
     }
-    None
+    t
+};
+
+/// The length of the run of host-name bytes (letters, digits, `.`, `-`) starting `b`,
+/// and the classes seen in it (`DOT`, `LETTER`).
+fn host_run(b: &[u8]) -> (usize, u8) {
+    let mut seen = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let class = HOST_BYTES[usize::from(c)];
+        if class == 0 {
+            return (i, seen);
+        }
+        seen |= class;
+    }
+    (b.len(), seen)
 }
 
 /// `[TSS04]`-style tokens, or a `[host timestamp id]` block (the last one wins).
 fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
-    let (found, len) = bracket_at(s)?;
+    let (found, len) = bracket_at(s, true)?;
     match found {
         Bracket::Token(t) => push_unique(&mut out.tokens, t),
         Bracket::Host(host, time) => {
@@ -191,18 +234,18 @@ fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
     Some(len)
 }
 
-/// The receiving host (and its timestamp) of the reply's `[host timestamp id]`
+/// The receiving host of the reply's `[host timestamp id]`
 /// block, the same one [`extract`] reports, without extracting anything else: the
 /// classifier needs only this, and only when neither `--mx` nor the wrapper named a
 /// host.
-pub fn named_host(text: &str) -> Option<(&str, Option<&str>)> {
+pub fn named_host(text: &str) -> Option<&str> {
     let mut found = None;
     let mut pos = 0;
     while let Some(at) = memchr::memchr(b'[', &text.as_bytes()[pos..]) {
         let at = pos + at;
-        pos = match bracket_at(&text[at..]) {
-            Some((Bracket::Host(host, time), len)) => {
-                found = Some((host, time));
+        pos = match bracket_at(&text[at..], false) {
+            Some((Bracket::Host(host, _), len)) => {
+                found = Some(host);
                 at + len
             }
             Some((Bracket::Token(_), len)) => at + len,
@@ -210,20 +253,6 @@ pub fn named_host(text: &str) -> Option<(&str, Option<&str>)> {
         };
     }
     found
-}
-
-/// A dotted name of letters, digits and `-` with at least one letter. (Such a word
-/// never parses as an IP address: IPv4 has no letters, IPv6 has colons.)
-fn looks_like_host(s: &str) -> bool {
-    let (mut dot, mut letter) = (false, false);
-    s.len() <= 253
-        && s.bytes().all(|c| {
-            dot |= c == b'.';
-            letter |= c.is_ascii_alphabetic();
-            c.is_ascii_alphanumeric() || c == b'.' || c == b'-'
-        })
-        && dot
-        && letter
 }
 
 /// `2024-07-14T14:44:43.083Z`.
