@@ -6,7 +6,7 @@
 
 use crate::extract::{extract, named_host};
 use crate::parse::{self, EnhancedCode, NotAReply, Parsed, Reply};
-use crate::provider::{self, ProviderDef};
+use crate::provider::{self, HostIndex, ProviderDef};
 use crate::rules::{self, CodePattern, EnhancedPattern, RuleDef, RulesError};
 use crate::verdict::{Action, Category, Scope, Throttle, Verdict};
 use aho_corasick::automaton::{Automaton, StateID};
@@ -34,6 +34,8 @@ struct Compiled {
 pub struct Engine {
     rules: Vec<Compiled>,
     providers: Vec<ProviderDef>,
+    /// The providers' MX patterns, for the provider of a host.
+    hosts: HostIndex,
     /// Phrases and markers, lower-cased, deduplicated; the automaton's pattern ids.
     /// A full DFA walked by [`Engine::phrases_in`] itself: one table lookup per byte.
     phrases: DFA,
@@ -213,6 +215,7 @@ impl Engine {
             }
         }
         Ok(Engine {
+            hosts: HostIndex::new(&providers),
             rules,
             providers,
             phrases: automaton,
@@ -366,7 +369,7 @@ impl Engine {
     /// The provider: from `--mx`, else the wrapper's remote host, else the host the
     /// reply names in its trailer, else text markers (`marked`).
     fn provider(&self, reply: &Parsed<'_>, mx: Option<&str>, marked: Option<u16>) -> Option<u16> {
-        let by_host = |h: &str| provider::host_match(&self.providers, h).map(|i| i as u16);
+        let by_host = |h: &str| self.hosts.find(h).map(|i| i as u16);
         mx.and_then(by_host)
             .or_else(|| reply.remote_host.and_then(by_host))
             // Looked for only when needed: most replies are settled by `--mx` or the
