@@ -6,11 +6,10 @@
 
 use crate::extract::{extract, named_host};
 use crate::parse::{self, EnhancedCode, NotAReply, Parsed, Reply};
+use crate::phrases::PhraseDfa;
 use crate::provider::{self, HostIndex, ProviderDef};
 use crate::rules::{self, CodePattern, EnhancedPattern, RuleDef, RulesError};
 use crate::verdict::{Action, Category, Scope, Throttle, Verdict};
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::{Anchored, MatchKind, StartKind, dfa::DFA};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -37,10 +36,8 @@ pub struct Engine {
     /// The providers' MX patterns, for the provider of a host.
     hosts: HostIndex,
     /// Phrases and markers, lower-cased, deduplicated; the automaton's pattern ids.
-    /// A full DFA walked by [`Engine::phrases_in`] itself: one table lookup per byte.
-    phrases: DFA,
-    /// The DFA's unanchored start state.
-    start: StateID,
+    /// A dense DFA: one table lookup per byte of a reply's text.
+    phrases: PhraseDfa,
     phrase_count: usize,
     /// For each phrase id, the provider it marks (if it is a marker).
     marker_of: Vec<Option<u16>>,
@@ -156,23 +153,13 @@ impl Engine {
             });
         }
         let phrase_count = phrases.len();
-        let invalid_automaton = |e: String| RulesError::Invalid {
+        // Every phrase ending at a position is reported there (overlapping), which is
+        // what "all/any/not of these phrases" needs.
+        let automaton = PhraseDfa::new(&phrases).map_err(|e| RulesError::Invalid {
             file: "rules".into(),
             id: "*".into(),
             msg: format!("phrase automaton: {e}"),
-        };
-        // Standard semantics: every phrase ending at a position is reported there
-        // (overlapping), which is what "all/any/not of these phrases" needs.
-        let automaton = DFA::builder()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .start_kind(StartKind::Unanchored)
-            .prefilter(false)
-            .build(&phrases)
-            .map_err(|e| invalid_automaton(e.to_string()))?;
-        let start = automaton
-            .start_state(Anchored::No)
-            .map_err(|e| invalid_automaton(e.to_string()))?;
+        })?;
         let rule_words = rules.len().div_ceil(64).max(1);
         let mut index = vec![0u64; CODES * BUCKETS * rule_words];
         let mut rules_of_code = vec![0u64; CODES * rule_words];
@@ -219,7 +206,6 @@ impl Engine {
             rules,
             providers,
             phrases: automaton,
-            start,
             phrase_count,
             marker_of,
             index,
@@ -327,33 +313,26 @@ impl Engine {
     // Its own function: inlined into the caller, the walk lost registers to it.
     #[inline(never)]
     fn phrases_in(&self, text: &str, seen: &mut [u64], candidates: &mut [u64]) -> Option<u16> {
-        let dfa = &self.phrases;
         let mut marked: Option<u16> = None;
-        let mut sid = self.start;
-        let mut rest = text.as_bytes();
-        // The walk stays tight (one table lookup per byte, everything in registers)
-        // up to the next match state; the rare match states are handled out of line.
-        while let Some(at) = next_match(dfa, &mut sid, rest) {
-            self.record_matches(sid, seen, candidates, &mut marked);
-            rest = &rest[at + 1..];
-        }
+        self.phrases.for_each_match(text.as_bytes(), |ids| {
+            self.record_matches(ids, seen, candidates, &mut marked);
+        });
         marked
     }
 
-    /// Marks the phrases ending in match state `sid`, the rules naming them, and the
-    /// provider one of them marks (the first in file order wins).
+    /// Marks the phrases `ids`, the rules naming them, and the provider one of them
+    /// marks (the first in file order wins). Out of line: match states are rare, and
+    /// the walk keeps its registers.
     #[cold]
     #[inline(never)]
     fn record_matches(
         &self,
-        sid: StateID,
+        ids: &[u32],
         seen: &mut [u64],
         candidates: &mut [u64],
         marked: &mut Option<u16>,
     ) {
-        let dfa = &self.phrases;
-        for i in 0..dfa.match_len(sid) {
-            let id = dfa.match_pattern(sid, i).as_u32();
+        for &id in ids {
             if !has(seen, id) {
                 set(seen, id);
                 for &ri in &self.rules_of_phrase[id as usize] {
@@ -412,22 +391,6 @@ impl Engine {
             && (r.any.is_empty() || r.any.iter().any(|&id| has(seen, id)))
             && !r.not.iter().any(|&id| has(seen, id))
     }
-}
-
-/// Walk `bytes` from state `sid` up to the first byte that ends in a match state;
-/// its index, or `None` when the walk ends without one (`sid` is left where it is).
-#[inline]
-fn next_match(dfa: &DFA, sid: &mut StateID, bytes: &[u8]) -> Option<usize> {
-    let mut state = *sid;
-    for (i, &byte) in bytes.iter().enumerate() {
-        state = dfa.next_state(Anchored::No, state, byte);
-        if dfa.is_match(state) {
-            *sid = state;
-            return Some(i);
-        }
-    }
-    *sid = state;
-    None
 }
 
 /// Bitset words kept on the stack: 1,024 bits, room for the embedded phrases and rules.

@@ -12,6 +12,7 @@
 mod engine;
 mod extract;
 mod parse;
+mod phrases;
 mod provider;
 mod rules;
 mod verdict;
