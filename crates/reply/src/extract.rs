@@ -313,12 +313,16 @@ fn case_param(u: &[u8]) -> Option<usize> {
 /// One to four hex digits then `:`: how an IPv6 address written with a leading letter
 /// starts (a word such as `add:` is then refused by the address parser).
 fn hex_group_then_colon(b: &[u8]) -> bool {
-    let n = b
-        .iter()
-        .take(5)
-        .take_while(|c| c.is_ascii_hexdigit())
-        .count();
-    (1..=4).contains(&n) && b.get(n) == Some(&b':')
+    // Byte by byte with an early exit: this runs at every word starting with a-f.
+    for &c in b.iter().take(5).skip(1) {
+        if c == b':' {
+            return true;
+        }
+        if !c.is_ascii_hexdigit() {
+            return false;
+        }
+    }
+    false
 }
 
 /// An IPv4 or IPv6 address starting here (the run of address characters must parse).
