@@ -3,14 +3,17 @@
 //! boundaries are parsed in parallel (stateless), then joined by queue ID in order
 //! (cheap), so correlation is exactly as in a sequential read.
 
-use crate::aggregate::Analyzer;
+use crate::aggregate::{Analyzer, AttemptView};
 use anyhow::{Context, Result, bail};
 use mxpace_events::Event;
-use mxpace_events::readers::postfix::{self, Correlator, Parsed};
+use mxpace_events::readers::postfix::{self, Correlator, Parsed, Record};
 use mxpace_events::readers::{self, Format, LineStatus, ReadStats, ReaderConfig, SkipReason};
-use rayon::prelude::*;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How to read the inputs.
@@ -249,47 +252,51 @@ fn read_sequential(
 }
 
 /// Default chunk size for parallel parsing: large enough to amortise the fork/join.
-pub const CHUNK: usize = 8 << 20;
+pub const CHUNK: usize = 16 << 20;
 
-enum LineResult {
-    Parsed(Parsed, u32),
+/// Pieces per chunk: several per core, so that the ordered fold can start on the first
+/// piece while the others are parsed, and the cores idle little at the chunk's end.
+const PIECES_PER_CHUNK: usize = 32;
+
+/// One line of a piece, parsed (borrowing the chunk) or counted.
+enum Item<'a> {
+    Parsed(Parsed<'a>, u32),
     Ignored(u32),
     Skipped(SkipReason, u32),
 }
 
-fn parse_chunk(chunk: &[u8], config: &ReaderConfig) -> Vec<LineResult> {
-    let pieces = rayon::current_num_threads().max(1) * 4;
-    let piece_len = chunk.len() / pieces + 1;
-    let mut bounds = vec![0usize];
-    while *bounds.last().expect("non-empty") < chunk.len() {
-        let from = bounds.last().copied().expect("non-empty") + piece_len;
+fn parse_piece<'a>(piece: &'a [u8], config: &ReaderConfig) -> Vec<Item<'a>> {
+    let mut out = Vec::with_capacity(piece.len() / 160 + 1);
+    for line in piece.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let len = line.len() as u32;
+        out.push(match postfix::parse_line(line, config) {
+            Ok(Some(p)) => Item::Parsed(p, len),
+            Ok(None) => Item::Ignored(len),
+            Err(r) => Item::Skipped(r, len),
+        });
+    }
+    out
+}
+
+/// Split a chunk into about `pieces` slices that end on line boundaries.
+fn split_pieces(chunk: &[u8], pieces: usize) -> Vec<&[u8]> {
+    let piece_len = chunk.len() / pieces.max(1) + 1;
+    let mut out = Vec::with_capacity(pieces + 1);
+    let mut start = 0;
+    while start < chunk.len() {
+        let from = start + piece_len;
         let end = if from >= chunk.len() {
             chunk.len()
         } else {
             memchr::memchr(b'\n', &chunk[from..]).map_or(chunk.len(), |i| from + i + 1)
         };
-        bounds.push(end);
+        out.push(&chunk[start..end]);
+        start = end;
     }
-    let parts: Vec<Vec<LineResult>> = bounds
-        .par_windows(2)
-        .map(|w| {
-            let piece = &chunk[w[0]..w[1]];
-            let mut out = Vec::with_capacity(piece.len() / 200 + 1);
-            for line in piece.split(|&b| b == b'\n') {
-                if line.is_empty() {
-                    continue;
-                }
-                let len = line.len() as u32;
-                out.push(match postfix::parse_line(line, config) {
-                    Ok(Some(p)) => LineResult::Parsed(p, len),
-                    Ok(None) => LineResult::Ignored(len),
-                    Err(r) => LineResult::Skipped(r, len),
-                });
-            }
-            out
-        })
-        .collect();
-    parts.into_iter().flatten().collect()
+    out
 }
 
 /// Read up to `size` bytes ending on a line boundary (the tail is carried over).
@@ -306,6 +313,10 @@ fn next_chunk(input: &mut dyn BufRead, carry: &mut Vec<u8>, size: usize) -> Resu
     Ok(chunk)
 }
 
+/// Postfix on all cores. Per chunk: worker threads parse pieces (stateless, borrowing the
+/// chunk, no allocation per line) while this thread folds the parsed pieces in order
+/// (year of the stamps, queue-ID correlation, the analyzer) and a reader thread reads the
+/// next chunk. The fold sees every line in file order, as a sequential read does.
 fn read_postfix_parallel(
     input: &mut Box<dyn BufRead + Send>,
     config: &ReaderConfig,
@@ -314,52 +325,120 @@ fn read_postfix_parallel(
     analyzer: &mut Analyzer,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<ReadStats> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut stats = ReadStats::default();
     let mut carry = Vec::new();
-    let mut pending: Option<Vec<LineResult>> = None;
     let mut events = Vec::new();
-    loop {
-        let chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes)?;
-        if chunk.is_empty() && pending.is_none() {
-            break;
-        }
-        let chunk_len = chunk.len() as u64;
-        // Parse the next chunk on the pool while this thread joins the previous one.
-        let (parsed, ()) = rayon::join(
-            || parse_chunk(&chunk, config),
-            || {
-                if let Some(lines) = pending.take() {
-                    fold(lines, correlator, analyzer, &mut stats, &mut events);
+    let mut chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes)?;
+    while !chunk.is_empty() {
+        let pieces = split_pieces(&chunk, PIECES_PER_CHUNK);
+        let claimed = AtomicUsize::new(0);
+        let next = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| next_chunk(input.as_mut(), &mut carry, chunk_bytes));
+            let (tx, rx) = mpsc::channel();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (pieces, claimed) = (&pieces, &claimed);
+                let parse = move || {
+                    loop {
+                        let i = claimed.fetch_add(1, Ordering::Relaxed);
+                        let Some(piece) = pieces.get(i) else { break };
+                        if tx.send((i, parse_piece(piece, config))).is_err() {
+                            break;
+                        }
+                    }
+                };
+                std::thread::Builder::new()
+                    .name("parse".into())
+                    .spawn_scoped(scope, parse)
+                    .context("cannot start a parser thread")?;
+            }
+            drop(tx);
+            let mut waiting = BTreeMap::new();
+            let mut want = 0;
+            for (i, items) in rx {
+                waiting.insert(i, items);
+                while let Some(items) = waiting.remove(&want) {
+                    fold(items, correlator, analyzer, &mut stats, &mut events);
+                    want += 1;
                 }
-            },
-        );
+            }
+            reader
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the reader thread failed")))
+        })?;
         if let Some(bar) = bar {
-            bar.inc(chunk_len);
+            bar.inc(chunk.len() as u64);
         }
-        pending = (!chunk.is_empty()).then_some(parsed);
+        chunk = next;
     }
     Ok(stats)
 }
 
+/// The ordered step for one parsed piece. Delivery attempts go to the analyzer as a
+/// borrowed view (no event built); the rarer queue lines go through events.
 fn fold(
-    lines: Vec<LineResult>,
+    items: Vec<Item<'_>>,
     correlator: &mut Correlator,
     analyzer: &mut Analyzer,
     stats: &mut ReadStats,
     events: &mut Vec<Event>,
 ) {
-    for line in lines {
-        match line {
-            LineResult::Parsed(parsed, len) => {
-                events.clear();
-                let status = correlator.apply(parsed, events);
-                stats.count(status, len as usize, events.len());
-                for e in events.iter() {
-                    analyzer.observe(e);
+    for item in items {
+        match item {
+            Item::Parsed(parsed, len) => {
+                let Some(time) = correlator.resolve(parsed.stamp) else {
+                    stats.count(
+                        LineStatus::Skipped(SkipReason::BadTimestamp),
+                        len as usize,
+                        0,
+                    );
+                    continue;
+                };
+                match parsed.record {
+                    Record::Delivery(d) => {
+                        let mx_host = d.mx_host.map(lower);
+                        let context = correlator.delivery(&d);
+                        let view = AttemptView {
+                            time,
+                            queue_id: d.qid,
+                            message_id: context.map_or("", |c| c.message_id),
+                            sender: context.map_or("", |c| c.sender),
+                            sender_unknown: context.is_none(),
+                            recipient: d.recipient,
+                            outcome: Some(d.outcome),
+                            held: d.held,
+                            source_ip: d.source_ip,
+                            mx_host: mx_host.as_deref(),
+                            provider: None,
+                            stream: None,
+                            reply: d.reply,
+                            verdict: None,
+                            session: (!d.session.is_empty()).then_some(d.session),
+                        };
+                        analyzer.observe_attempt(&view);
+                        stats.count(LineStatus::Used, len as usize, 1);
+                    }
+                    record => {
+                        events.clear();
+                        correlator.queue_record(time, record, events);
+                        stats.count(LineStatus::Used, len as usize, events.len());
+                        for e in events.iter() {
+                            analyzer.observe(e);
+                        }
+                    }
                 }
             }
-            LineResult::Ignored(len) => stats.count(LineStatus::Ignored, len as usize, 0),
-            LineResult::Skipped(r, len) => stats.count(LineStatus::Skipped(r), len as usize, 0),
+            Item::Ignored(len) => stats.count(LineStatus::Ignored, len as usize, 0),
+            Item::Skipped(r, len) => stats.count(LineStatus::Skipped(r), len as usize, 0),
         }
+    }
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
