@@ -191,6 +191,48 @@ impl<'a> AttemptView<'a> {
     }
 }
 
+/// The keys of an attempt that depend only on its own line, not on the analyzer's
+/// state: computed on any thread (the Postfix path computes them on the parser threads).
+#[derive(Debug, Clone)]
+pub struct Derived<'a> {
+    /// Recipient domain, lower-cased.
+    pub rcpt_domain: Cow<'a, str>,
+    pub provider: Cow<'a, str>,
+    /// Microsoft datacenter/region named in the reply, lower-cased.
+    pub region: Option<Cow<'a, str>>,
+    /// Template of the reply of an attempt that was not delivered.
+    pub template: Option<String>,
+}
+
+impl<'a> Derived<'a> {
+    /// The keys of an attempt to `recipient` via `mx_host` (lower-cased) that got `reply`.
+    pub fn of(
+        providers: &'a Providers,
+        recipient: &'a str,
+        mx_host: Option<&str>,
+        provider_hint: Option<&str>,
+        reply: &'a str,
+        outcome: Option<Outcome>,
+    ) -> Self {
+        let rcpt_domain = domain_lower(recipient);
+        let mut provider = Cow::Borrowed(providers.recognise(mx_host, &rcpt_domain));
+        if provider == knowledge::OTHER
+            && let Some(p) = provider_hint.filter(|p| !p.is_empty())
+        {
+            provider = Cow::Owned(p.to_ascii_lowercase());
+        }
+        let region = knowledge::microsoft_host(reply).map(|(_, r)| lower(r));
+        let template = (outcome.is_some_and(|o| o != Outcome::Delivered) && !reply.is_empty())
+            .then(|| knowledge::template(reply));
+        Derived {
+            rcpt_domain,
+            provider,
+            region,
+            template,
+        }
+    }
+}
+
 /// Counts of one provider in one time window.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
@@ -282,10 +324,8 @@ struct RecipientState {
 /// The fold over events.
 pub struct Analyzer {
     pub(crate) config: Config,
-    pub(crate) segments: HashMap<Dimension, HashMap<String, Counts>>,
-    /// provider → window start (unix s) → cell.
-    pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
-    pub(crate) templates: HashMap<(String, String), TemplateStats>,
+    /// Segments, cells and templates.
+    pub(crate) tally: Tally,
     pub(crate) anti: [AntiPattern; 4],
     pub(crate) health: QueueHealth,
     pub(crate) first: Option<OffsetDateTime>,
@@ -312,8 +352,6 @@ pub struct Analyzer {
     /// The provider table, shared so that a provider name can be borrowed while the
     /// counts are updated.
     providers: std::sync::Arc<Providers>,
-    /// Text of each sending IP and of its paths, made once.
-    ip_names: HashMap<Option<std::net::IpAddr>, IpNames>,
 }
 
 /// The text of one sending IP and of its path to each provider.
@@ -327,11 +365,8 @@ impl Analyzer {
     pub fn new(config: Config) -> Self {
         Analyzer {
             providers: std::sync::Arc::new(config.providers.clone()),
-            ip_names: HashMap::default(),
             config,
-            segments: HashMap::default(),
-            cells: HashMap::default(),
-            templates: HashMap::default(),
+            tally: Tally::default(),
             anti: Default::default(),
             health: QueueHealth::default(),
             first: None,
@@ -425,9 +460,29 @@ impl Analyzer {
 
     /// Fold one delivery attempt (an `attempt` event).
     pub fn observe_attempt(&mut self, a: &AttemptView<'_>) {
+        let providers = self.providers();
+        let derived = Derived::of(
+            &providers,
+            a.recipient,
+            a.mx_host,
+            a.provider,
+            a.reply,
+            a.outcome,
+        );
+        self.observe_derived(a, derived);
+    }
+
+    /// Fold one delivery attempt whose line-only keys were computed already (by
+    /// [`Derived::of`] with [`Analyzer::providers`]).
+    pub fn observe_derived(&mut self, a: &AttemptView<'_>, derived: Derived<'_>) {
         self.tick(a.time);
-        self.attempt(a);
+        self.attempt(a, derived);
         self.after_event();
+    }
+
+    /// The provider table, to compute [`Derived`] keys on other threads.
+    pub fn providers(&self) -> std::sync::Arc<Providers> {
+        std::sync::Arc::clone(&self.providers)
     }
 
     /// Count an event at `t` and track the span and order of the log.
@@ -454,143 +509,44 @@ impl Analyzer {
         }
     }
 
-    fn attempt(&mut self, e: &AttemptView<'_>) {
+    fn attempt(&mut self, e: &AttemptView<'_>, derived: Derived<'_>) {
         if e.held {
             // Held by the MTA without a connection: not an attempt on the wire.
             self.held += 1;
             return;
         }
         let Some(outcome) = e.outcome else { return };
-        let t = e.time;
-        let deferred = matches!(outcome, Outcome::Deferred | Outcome::ConnectionFailed);
-        let rcpt_domain = domain_lower(e.recipient);
-        let sender_domain = domain_lower(e.sender);
-        let reply = e.reply;
-        let providers = std::sync::Arc::clone(&self.providers);
-        let mut provider = Cow::Borrowed(providers.recognise(e.mx_host, &rcpt_domain));
-        if provider == knowledge::OTHER
-            && let Some(p) = e.provider.filter(|p| !p.is_empty())
-        {
-            provider = Cow::Owned(p.to_ascii_lowercase());
-        }
-        let (ip, path) = self.ip_and_path(e.source_ip, &provider);
-        let region = knowledge::microsoft_host(reply).map(|(_, r)| lower(r));
-        let stream = e.stream;
-
-        let keys: [(Dimension, Option<&str>); 8] = [
-            (Dimension::Provider, Some(&provider)),
-            (Dimension::Path, Some(&path)),
-            (Dimension::SourceIp, Some(&ip)),
-            (
-                Dimension::SenderDomain,
-                Some(if e.sender_unknown {
-                    "unknown"
-                } else if sender_domain.is_empty() {
-                    "<>"
-                } else {
-                    &sender_domain
-                }),
-            ),
-            (Dimension::RecipientDomain, Some(&rcpt_domain)),
-            (Dimension::MxHost, e.mx_host),
-            (Dimension::Region, region.as_deref()),
-            (Dimension::Stream, stream),
-        ];
-        for (dim, key) in keys {
-            if let Some(key) = key {
-                bump(self.segments.entry(dim).or_default(), key, deferred);
-            }
-        }
-
-        let window =
-            t.unix_timestamp().div_euclid(self.config.window_secs) * self.config.window_secs;
-        if !self.cells.contains_key(provider.as_ref()) {
-            self.cells.insert(provider.to_string(), BTreeMap::new());
-        }
-        let cell = self
-            .cells
-            .get_mut(provider.as_ref())
-            .expect("inserted above")
-            .entry(window)
-            .or_default();
-        cell.total.add(deferred);
-        let cell_keys = [
-            Some(&*ip),
-            Some(sender_domain.as_ref()),
-            Some(rcpt_domain.as_ref()),
-            region.as_deref(),
-            stream,
-        ];
-        for (i, key) in cell_keys.into_iter().enumerate() {
-            if let Some(key) = key {
-                bump(&mut cell.by[i], key, deferred);
-            }
-        }
-        let sample = || Sample {
-            time: t,
-            queue_id: e.queue_id.to_string(),
-            recipient: e.recipient.to_string(),
-            source_ip: e.source_ip.map(|i| i.to_string()),
-            mx_host: e.mx_host.map(str::to_string),
-            reply: reply.to_string(),
-        };
-        if deferred && cell.samples.len() < self.config.examples {
-            cell.samples.push(sample());
-        }
-        if outcome != Outcome::Delivered && !reply.is_empty() {
-            let template = knowledge::template(reply);
-            let key = (provider.to_string(), template);
-            match self.templates.get_mut(&key) {
-                Some(stats) => {
-                    stats.count += 1;
-                    stats.deferred += deferred as u64;
-                }
-                None => {
-                    let verdict = e
-                        .verdict
-                        .cloned()
-                        .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host));
-                    self.templates.insert(
-                        key,
-                        TemplateStats {
-                            provider: provider.to_string(),
-                            count: 1,
-                            deferred: deferred as u64,
-                            sample: sample(),
-                            verdict,
-                        },
-                    );
-                }
-            }
-        }
-        if let Some(session) = e.session {
-            self.session(&ip, &provider, t, session);
-        }
-        self.recipient(e, outcome, deferred, reply);
+        self.tally.add(&self.config, e, &derived, outcome, true);
+        self.ordered(e, &derived.provider, outcome);
     }
 
-    /// The text of a sending IP and of its path to `provider`, made once per pair.
-    fn ip_and_path(
-        &mut self,
-        source_ip: Option<std::net::IpAddr>,
-        provider: &str,
-    ) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
-        let names = self.ip_names.entry(source_ip).or_insert_with(|| IpNames {
-            ip: source_ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_else(|| "unknown".into())
-                .into(),
-            paths: HashMap::default(),
-        });
-        let path = match names.paths.get(provider) {
-            Some(path) => path.clone(),
-            None => {
-                let path: std::sync::Arc<str> = format!("{} → {provider}", names.ip).into();
-                names.paths.insert(provider.to_string(), path.clone());
-                path
-            }
-        };
-        (names.ip.clone(), path)
+    /// Fold a delivery attempt whose order-free counts, except those by sender domain,
+    /// are already in a [`Tally`] (merged with [`Analyzer::merge_tally`]).
+    pub fn observe_tallied(&mut self, e: &AttemptView<'_>, provider: &str) {
+        self.tick(e.time);
+        if e.held {
+            self.held += 1;
+        } else if let Some(outcome) = e.outcome {
+            self.tally
+                .add_sender(&self.config, e, provider, is_deferral(outcome));
+            self.ordered(e, provider, outcome);
+        }
+        self.after_event();
+    }
+
+    /// Add a tally of attempts that come after every attempt folded so far.
+    pub fn merge_tally(&mut self, other: Tally) {
+        self.tally.merge(other, self.config.examples);
+    }
+
+    /// The part of an attempt that depends on the order of the log: sessions, the
+    /// recipient's retries, its end.
+    fn ordered(&mut self, e: &AttemptView<'_>, provider: &str, outcome: Outcome) {
+        if let Some(session) = e.session {
+            let (ip, _) = self.tally.ip_and_path(e.source_ip, provider);
+            self.session(&ip, provider, e.time, session);
+        }
+        self.recipient(e, outcome, is_deferral(outcome), e.reply);
     }
 
     fn session(&mut self, ip: &str, provider: &str, t: OffsetDateTime, session: &str) {
@@ -783,6 +739,224 @@ impl Analyzer {
         self.sessions.retain(|(_, b), _| *b + 30 >= bucket);
         self.flagged_sessions.retain(|(_, b)| *b + 30 >= bucket);
     }
+}
+
+fn is_deferral(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Deferred | Outcome::ConnectionFailed)
+}
+
+/// The counts that are plain sums over attempts (segments, provider × window cells,
+/// reply templates): they do not depend on the order of the log beyond keeping the
+/// first samples, so tallies of consecutive parts of a log merge into the tally of the
+/// whole. The parser threads keep one per piece of the log.
+#[derive(Default)]
+pub struct Tally {
+    pub(crate) segments: HashMap<Dimension, HashMap<String, Counts>>,
+    /// provider → window start (unix s) → cell.
+    pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
+    pub(crate) templates: HashMap<(String, String), TemplateStats>,
+    /// Text of each sending IP and of its paths, made once.
+    ip_names: HashMap<Option<std::net::IpAddr>, IpNames>,
+}
+
+impl Tally {
+    /// Count one attempt (not held; `outcome` is `e.outcome`). Without `with_sender` the
+    /// counts by sender domain are left out (they need the queue's correlation, which
+    /// is done in order; see [`Tally::add_sender`]).
+    pub fn add(
+        &mut self,
+        config: &Config,
+        e: &AttemptView<'_>,
+        derived: &Derived<'_>,
+        outcome: Outcome,
+        with_sender: bool,
+    ) {
+        let t = e.time;
+        let deferred = is_deferral(outcome);
+        let provider: &str = &derived.provider;
+        let rcpt_domain: &str = &derived.rcpt_domain;
+        let region = derived.region.as_deref();
+        let sender_domain = domain_lower(e.sender);
+        let reply = e.reply;
+        let (ip, path) = self.ip_and_path(e.source_ip, provider);
+        let stream = e.stream;
+        let sender_key = sender_key(e, &sender_domain);
+
+        let keys: [(Dimension, Option<&str>); 8] = [
+            (Dimension::Provider, Some(provider)),
+            (Dimension::Path, Some(&path)),
+            (Dimension::SourceIp, Some(&ip)),
+            (Dimension::SenderDomain, with_sender.then_some(sender_key)),
+            (Dimension::RecipientDomain, Some(rcpt_domain)),
+            (Dimension::MxHost, e.mx_host),
+            (Dimension::Region, region),
+            (Dimension::Stream, stream),
+        ];
+        for (dim, key) in keys {
+            if let Some(key) = key {
+                bump(self.segments.entry(dim).or_default(), key, deferred);
+            }
+        }
+
+        let cell = cell_mut(&mut self.cells, config, provider, t);
+        cell.total.add(deferred);
+        let cell_keys = [
+            Some(&*ip),
+            with_sender.then_some(sender_domain.as_ref()),
+            Some(rcpt_domain),
+            region,
+            stream,
+        ];
+        for (i, key) in cell_keys.into_iter().enumerate() {
+            if let Some(key) = key {
+                bump(&mut cell.by[i], key, deferred);
+            }
+        }
+        let sample = || Sample {
+            time: t,
+            queue_id: e.queue_id.to_string(),
+            recipient: e.recipient.to_string(),
+            source_ip: e.source_ip.map(|i| i.to_string()),
+            mx_host: e.mx_host.map(str::to_string),
+            reply: reply.to_string(),
+        };
+        if deferred && cell.samples.len() < config.examples {
+            cell.samples.push(sample());
+        }
+        if let Some(template) = &derived.template {
+            let key = (provider.to_string(), template.clone());
+            match self.templates.get_mut(&key) {
+                Some(stats) => {
+                    stats.count += 1;
+                    stats.deferred += deferred as u64;
+                }
+                None => {
+                    let verdict = e
+                        .verdict
+                        .cloned()
+                        .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host));
+                    self.templates.insert(
+                        key,
+                        TemplateStats {
+                            provider: provider.to_string(),
+                            count: 1,
+                            deferred: deferred as u64,
+                            sample: sample(),
+                            verdict,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The counts by sender domain that [`Tally::add`] leaves out without `with_sender`.
+    pub fn add_sender(
+        &mut self,
+        config: &Config,
+        e: &AttemptView<'_>,
+        provider: &str,
+        deferred: bool,
+    ) {
+        let sender_domain = domain_lower(e.sender);
+        let key = sender_key(e, &sender_domain);
+        bump(
+            self.segments.entry(Dimension::SenderDomain).or_default(),
+            key,
+            deferred,
+        );
+        let cell = cell_mut(&mut self.cells, config, provider, e.time);
+        bump(&mut cell.by[1], &sender_domain, deferred);
+    }
+
+    /// Add the tally of the attempts that follow this one's.
+    fn merge(&mut self, other: Tally, examples: usize) {
+        for (dim, map) in other.segments {
+            let mine = self.segments.entry(dim).or_default();
+            for (key, counts) in map {
+                mine.entry(key).or_default().merge(counts);
+            }
+        }
+        for (provider, windows) in other.cells {
+            let mine = self.cells.entry(provider).or_default();
+            for (window, cell) in windows {
+                let into = mine.entry(window).or_default();
+                into.total.merge(cell.total);
+                for (i, by) in cell.by.into_iter().enumerate() {
+                    for (key, counts) in by {
+                        into.by[i].entry(key).or_default().merge(counts);
+                    }
+                }
+                let room = examples.saturating_sub(into.samples.len());
+                into.samples.extend(cell.samples.into_iter().take(room));
+            }
+        }
+        for (key, stats) in other.templates {
+            match self.templates.get_mut(&key) {
+                Some(into) => {
+                    into.count += stats.count;
+                    into.deferred += stats.deferred;
+                }
+                None => {
+                    self.templates.insert(key, stats);
+                }
+            }
+        }
+    }
+
+    /// The text of a sending IP and of its path to `provider`, made once per pair.
+    fn ip_and_path(
+        &mut self,
+        source_ip: Option<std::net::IpAddr>,
+        provider: &str,
+    ) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+        let names = self.ip_names.entry(source_ip).or_insert_with(|| IpNames {
+            ip: source_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "unknown".into())
+                .into(),
+            paths: HashMap::default(),
+        });
+        let path = match names.paths.get(provider) {
+            Some(path) => path.clone(),
+            None => {
+                let path: std::sync::Arc<str> = format!("{} → {provider}", names.ip).into();
+                names.paths.insert(provider.to_string(), path.clone());
+                path
+            }
+        };
+        (names.ip.clone(), path)
+    }
+}
+
+/// The segment key of the sender: its domain, `<>` for the null sender, `unknown` when
+/// the queue line is not in the log.
+fn sender_key<'a>(e: &AttemptView<'_>, sender_domain: &'a str) -> &'a str {
+    if e.sender_unknown {
+        "unknown"
+    } else if sender_domain.is_empty() {
+        "<>"
+    } else {
+        sender_domain
+    }
+}
+
+/// The cell of `provider` for the window holding `t`, created if new.
+fn cell_mut<'m>(
+    cells: &'m mut HashMap<String, BTreeMap<i64, Cell>>,
+    config: &Config,
+    provider: &str,
+    t: OffsetDateTime,
+) -> &'m mut Cell {
+    let window = t.unix_timestamp().div_euclid(config.window_secs) * config.window_secs;
+    if !cells.contains_key(provider) {
+        cells.insert(provider.to_string(), BTreeMap::new());
+    }
+    cells
+        .get_mut(provider)
+        .expect("inserted above")
+        .entry(window)
+        .or_default()
 }
 
 fn bump(map: &mut HashMap<String, Counts>, key: &str, deferred: bool) {

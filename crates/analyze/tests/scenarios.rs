@@ -335,3 +335,57 @@ fn same_report_in_every_mode(name: &str, s: &Scenario) {
         );
     }
 }
+
+/// A log across New Year with a late December line after the first January ones: the
+/// parser threads guess the year of each line from the state at the start of their
+/// chunk, and the ordered fold must correct a wrong guess (here, the late line belongs
+/// to the new year by the tracker's rule) so that both modes agree.
+#[test]
+fn parallel_read_across_new_year_agrees_with_sequential() {
+    let reply = "451 4.7.500 Server busy. Please try again later from [198.51.100.2]. (S77714) [BL6PEPF0001AB50.namprd04.prod.outlook.com 2026-12-31T23:58:00.000Z 08DE0A1B2C3D4E5F]";
+    let stamps = [
+        "Dec 31 23:58:00",
+        "Dec 31 23:58:30",
+        "Dec 31 23:59:10",
+        "Jan  1 00:00:05",
+        "Dec 31 23:59:59",
+        "Jan  1 00:01:00",
+        "Jan  1 00:02:00",
+        "Jan  1 00:12:00",
+    ];
+    let mut log = String::new();
+    for (i, stamp) in stamps.iter().enumerate() {
+        let qid = format!("A{i:04}BCDEF");
+        log.push_str(&format!(
+            "{stamp} mx1 postfix/cleanup[2101]: {qid}: message-id=<{i}@news.example.net>\n\
+             {stamp} mx1 postfix/qmgr[2102]: {qid}: from=<bounce@news.example.net>, size=4000, nrcpt=1 (queue active)\n\
+             {stamp} mx1 postfix-198.51.100.2/smtp[{pid}]: {qid}: to=<user{i}@tenant1.example.com>, relay=tenant1-example-com.mail.protection.outlook.com[52.101.1.10]:25, delay=0, delays=0.1/0/0.3/0.2, tls=may, dsn=4.7.500, status=deferred (host tenant1-example-com.mail.protection.outlook.com[52.101.1.10] said: {reply} (in reply to RCPT TO command))\n",
+            pid = 3000 + i
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.log");
+    std::fs::write(&path, log).unwrap();
+    let sequential = report_json(&path, false, 4096);
+    // Windows of 10 min: 2026-12-31T23:50Z = 1798761000 (the December lines, the late
+    // one included), 2027-01-01T00:00Z = 1798761600 and 00:10Z = 1798762200.
+    let windows = sequential["series"][0]["points"].to_string();
+    let starts: Vec<i64> = sequential["series"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["start"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        starts,
+        [1798761000, 1798761600, 1798762200],
+        "windows across New Year: {windows}"
+    );
+    for chunk in [4096, 1 << 20] {
+        let parallel = report_json(&path, true, chunk);
+        assert!(
+            parallel == sequential,
+            "chunks of {chunk} bytes: the parallel report differs from the sequential one"
+        );
+    }
+}

@@ -418,6 +418,11 @@ impl Correlator {
         self.open.len()
     }
 
+    /// The year tracker as it stands (to resolve stamps ahead, on another thread).
+    pub fn years(&self) -> YearTracker {
+        self.years.clone()
+    }
+
     /// The instant of a line's stamp (classic stamps get their year here, in order).
     pub fn resolve(&mut self, stamp: Stamp) -> Option<OffsetDateTime> {
         self.years.resolve(stamp)
@@ -480,11 +485,8 @@ impl Correlator {
                 self.open_mut(qid).message_id = message_id.to_string();
             }
             Record::From { qid, sender, size } => {
-                let open = self.open_mut(qid);
-                sender.clone_into(&mut open.sender);
-                open.size = size.or(open.size);
-                if !open.announced {
-                    open.announced = true;
+                if self.queued(qid, sender, size) {
+                    let open = &self.open[qid];
                     let mut e = Event::new(EventType::Received, time);
                     e.queue_id = qid.to_string();
                     e.message_id = open.message_id.clone();
@@ -514,6 +516,15 @@ impl Correlator {
                 out.push(e);
             }
         }
+    }
+
+    /// Apply a qmgr `from=` line. True when it announces the message (the first such
+    /// line of its queue ID): the caller reports it as `received`.
+    pub fn queued(&mut self, qid: &str, sender: &str, size: Option<u64>) -> bool {
+        let open = self.open_mut(qid);
+        sender.clone_into(&mut open.sender);
+        open.size = size.or(open.size);
+        !std::mem::replace(&mut open.announced, true)
     }
 
     /// The open state of `qid`, created if new (allocates only then).
