@@ -617,6 +617,7 @@ fn reply_text(body: &str, code: u16, may_be_plain: bool) -> (Option<EnhancedCode
     let mut flattened = false;
     let mut at_line_start = false;
     let mut drop_enh_next = false;
+    let mut run: Option<(usize, usize)> = None;
     let mut i = pos;
     while i < b.len() {
         // Whitespace run: note whether it crossed a line break.
@@ -650,14 +651,32 @@ fn reply_text(body: &str, code: u16, may_be_plain: bool) -> (Option<EnhancedCode
             continue;
         }
         drop_enh_next = false;
+        // Kept words are copied in runs: a word that follows the run's last word
+        // after exactly one space extends it; anything else (a line break, several
+        // blanks, a dropped word or prefix between them) starts a new run.
+        let kept = i - word.len();
+        match run {
+            Some((start, end)) if kept == end + 1 && b[end] == b' ' => run = Some((start, i)),
+            _ => {
+                push_run(&mut text, body, run);
+                run = Some((kept, i));
+            }
+        }
+    }
+    push_run(&mut text, body, run);
+    (enhanced, Cow::Owned(text))
+}
+
+/// Append the source range `run` (words separated by single spaces) to `text`, after
+/// a space if `text` has words already. Ranges start and end at ASCII whitespace
+/// boundaries, so they are char boundaries.
+fn push_run(text: &mut String, body: &str, run: Option<(usize, usize)>) {
+    if let Some((start, end)) = run {
         if !text.is_empty() {
             text.push(' ');
         }
-        // Word boundaries are ASCII whitespace, so these are char boundaries.
-        let end = w_start + (i - w_start);
-        text.push_str(&body[end - word.len()..end]);
+        text.push_str(&body[start..end]);
     }
-    (enhanced, Cow::Owned(text))
 }
 
 /// Whether `rest` (trimmed at its end, free of control bytes: no line breaks or
@@ -856,6 +875,134 @@ mod tests {
         assert_eq!(parse(&long), Err(NotAReply::NoCode));
         let long = format!("550 5.1.1 {}", "y ".repeat(50_000));
         assert_eq!(parse(&long).unwrap().code, 550);
+    }
+
+    /// The word-by-word join as first written (one `push_str` per word): the
+    /// reference for the run-copying join.
+    #[allow(clippy::all)]
+    fn reply_text_reference(
+        body: &str,
+        code: u16,
+        may_be_plain: bool,
+    ) -> (Option<EnhancedCode>, Cow<'_, str>) {
+        let code_str = [
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ];
+        let b = body.as_bytes();
+        // Skip the first code and its separator.
+        let mut pos = 3;
+        if matches!(b.get(3), Some(b'-' | b' ' | b'\t')) {
+            pos = 4;
+        }
+        while matches!(b.get(pos), Some(b' ' | b'\t')) {
+            pos += 1;
+        }
+        let mut enhanced = None;
+        let mut enh_len = 0;
+        let hash = usize::from(b.get(pos) == Some(&b'#'));
+        if let Some((e, n)) = EnhancedCode::parse_prefix(&b[pos + hash..])
+            && matches!(
+                b.get(pos + hash + n),
+                None | Some(b' ' | b'\t' | b'\r' | b'\n')
+            )
+        {
+            enhanced = Some(e);
+            enh_len = n;
+            pos += hash + n;
+        }
+        // Plain single-line text (words separated by single spaces, no continuation
+        // prefixes): the text is a slice of the input, nothing to build.
+        let mut first = pos;
+        while b.get(first) == Some(&b' ') {
+            first += 1;
+        }
+        if may_be_plain && is_plain_text(&b[first..], code_str) {
+            return (enhanced, Cow::Borrowed(&body[first..]));
+        }
+        let enh_bytes = &b[pos - enh_len..pos];
+        let is_enh = |w: &[u8]| {
+            enh_len > 0 && (w == enh_bytes || (w.first() == Some(&b'#') && &w[1..] == enh_bytes))
+        };
+
+        let mut text = String::with_capacity(b.len() - pos);
+        let mut flattened = false;
+        let mut at_line_start = false;
+        let mut drop_enh_next = false;
+        let mut i = pos;
+        while i < b.len() {
+            // Whitespace run: note whether it crossed a line break.
+            let ws_start = i;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if b[ws_start..i].iter().any(|&c| c == b'\n' || c == b'\r') {
+                at_line_start = true;
+            }
+            if i >= b.len() {
+                break;
+            }
+            let w_start = i;
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let mut word = &b[w_start..i];
+            let line_start = std::mem::take(&mut at_line_start);
+            if word.len() >= 4 && word[..3] == code_str && word[3] == b'-' {
+                flattened = true;
+                word = &word[4..];
+                if word.is_empty() || is_enh(word) {
+                    drop_enh_next = word.is_empty();
+                    continue;
+                }
+            } else if word == code_str && (line_start || flattened) {
+                drop_enh_next = true;
+                continue;
+            } else if std::mem::take(&mut drop_enh_next) && is_enh(word) {
+                continue;
+            }
+            drop_enh_next = false;
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            // Word boundaries are ASCII whitespace, so these are char boundaries.
+            let end = w_start + (i - w_start);
+            text.push_str(&body[end - word.len()..end]);
+        }
+        (enhanced, Cow::Owned(text))
+    }
+
+    #[test]
+    fn run_copying_join_matches_the_word_by_word_join_on_the_corpus() {
+        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        for case in corpus["case"].as_array().unwrap() {
+            let body = case["reply"].as_str().unwrap().trim();
+            if starts_with_code(body.as_bytes()) {
+                let code: u16 = body[..3].parse().unwrap();
+                assert_eq!(
+                    reply_text(body, code, false),
+                    reply_text_reference(body, code, false),
+                    "{body:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn run_copying_join_matches_the_word_by_word_join(
+            code in "[245][0-9][0-9]",
+            sep in "[ \t-]?",
+            rest in "([ \t\r\na-z.#]|[245][0-9][0-9]-?|[245]\\.[0-9]\\.[0-9]){0,40}",
+        ) {
+            let body = format!("{code}{sep}{rest}");
+            let code: u16 = code.parse().unwrap();
+            proptest::prop_assert_eq!(
+                reply_text(&body, code, false),
+                reply_text_reference(&body, code, false)
+            );
+        }
     }
 
     /// The reply text taken as a slice (fast path) must equal the word-by-word join
