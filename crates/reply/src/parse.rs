@@ -447,7 +447,7 @@ fn exchange_inner(s: &str) -> &str {
         Some(i) => &s[i + 5..],
         None => s,
     };
-    let s = match s.find("#SMTP#") {
+    let s = match find(s, "#SMTP#") {
         Some(i) => &s[..i],
         None => s,
     };
@@ -483,9 +483,9 @@ fn remote_mta(input: &str) -> Option<&str> {
 
 /// Postfix: `… (in reply to RCPT TO command)` at the end gives the stage; the body ends there.
 fn strip_in_reply_to(after: &str) -> (&str, Option<Stage>) {
-    if let Some(i) = after.rfind("(in reply to ") {
+    if let Some(i) = rfind(after, "(in reply to ") {
         let tail = &after[i + 13..];
-        let cmd = tail.find(" command)").map_or(tail, |e| &tail[..e]);
+        let cmd = find(tail, " command)").map_or(tail, |e| &tail[..e]);
         return (&after[..i], stage_from_command(cmd));
     }
     // A whole Postfix log line: `status=deferred (host … said: …)`.
@@ -525,7 +525,7 @@ fn stage_from_command(s: &str) -> Option<Stage> {
 
 /// Postfix `host mx.example[192.0.2.1]` just before `said:`.
 fn host_before(before: &str) -> (Option<&str>, Option<IpAddr>) {
-    let Some(i) = before.rfind("host ") else {
+    let Some(i) = rfind(before, "host ") else {
         return (None, None);
     };
     split_host_ip(before[i + 5..].trim())
@@ -533,11 +533,11 @@ fn host_before(before: &str) -> (Option<&str>, Option<IpAddr>) {
 
 /// Exim `…: host mx.example [192.0.2.1]: 550 …` after the command.
 fn exim_host(after: &str) -> (Option<&str>, Option<IpAddr>) {
-    let Some(i) = after.find(": host ") else {
+    let Some(i) = find(after, ": host ") else {
         return (None, None);
     };
     let rest = &after[i + 7..];
-    let end = rest.find("]:").map_or(rest.len().min(255), |e| e + 1);
+    let end = find(rest, "]:").map_or(rest.len().min(255), |e| e + 1);
     split_host_ip(rest[..end].trim())
 }
 
@@ -555,13 +555,30 @@ fn split_host_ip(s: &str) -> (Option<&str>, Option<IpAddr>) {
     (usable.then_some(name), ip)
 }
 
-/// Case-insensitive ASCII substring search.
+/// Case-insensitive ASCII substring search: candidates by a SIMD search for the
+/// needle's first byte in either case, then a comparison.
 fn find_ci(hay: &str, needle: &str) -> Option<usize> {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    if n.is_empty() || h.len() < n.len() {
+    let (&first, _) = n.split_first()?;
+    if h.len() < n.len() {
         return None;
     }
-    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+    let last_start = h.len() - n.len();
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), h)
+        .take_while(|&i| i <= last_start)
+        .find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+/// Substring search (memchr's: no searcher to build for a short haystack, unlike
+/// `str::find` with a `&str` pattern). Byte offsets; the needles are ASCII, so the
+/// offsets are char boundaries.
+fn find(hay: &str, needle: &str) -> Option<usize> {
+    memchr::memmem::find(hay.as_bytes(), needle.as_bytes())
+}
+
+/// The last occurrence of `needle`, as [`find`].
+fn rfind(hay: &str, needle: &str) -> Option<usize> {
+    memchr::memmem::rfind(hay.as_bytes(), needle.as_bytes())
 }
 
 /// Split `body` (starting with the code) into its enhanced code and its text.
