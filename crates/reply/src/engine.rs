@@ -481,9 +481,13 @@ fn basic_code_verdict<'a>(reply: Parsed<'a>, provider: &'a str, input: &'a str) 
 /// [`Verdict`] (adding the facts named in the text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified<'a> {
+    /// Deliver, retry or bounce (the rule's, else from the basic code).
     pub action: Action,
+    /// What kind of problem the reply reports.
     pub category: Category,
+    /// Whom the problem is about.
     pub scope: Scope,
+    /// How the pacing of (egress IP × provider) should react.
     pub throttle: Throttle,
     /// `microsoft`, `google`, … or `unknown`.
     pub provider: &'a str,
