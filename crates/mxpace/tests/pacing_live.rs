@@ -251,9 +251,28 @@ fn throttling_one_ip_slows_only_its_path_and_it_ramps_back_when_the_throttle_lif
     drop(sim);
     let _sim2 = restart_sim(&listen, &ledger);
     let lifted_at = pacing_events(dir.path()).len();
-    let second = 150;
-    for i in first..first + second {
-        inject(http_addr, &format!("u{i}@example.test"), "transactional");
+    // Demand lasts until the slowed path has stepped up a few times (a ramp needs
+    // successes on the path; on a loaded machine that takes longer), at most 40 s.
+    let ups_after_lift = |dir: &Path| {
+        of_path(&pacing_events(dir)[lifted_at..], "127.0.0.2/microsoft")
+            .iter()
+            .filter(|e| e["extra"]["trigger"] == "increase")
+            .count()
+    };
+    let mut second = 0;
+    let start = Instant::now();
+    while (second < 150 || ups_after_lift(dir.path()) < 3)
+        && start.elapsed() < Duration::from_secs(40)
+    {
+        for _ in 0..15 {
+            inject(
+                http_addr,
+                &format!("u{}@example.test", first + second),
+                "transactional",
+            );
+            second += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1000));
     }
     wait_until("phase 2 delivered", Duration::from_secs(50), || {
         accepted(&ledger).len() == first + second

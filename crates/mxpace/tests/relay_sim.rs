@@ -306,7 +306,7 @@ fn dropped_and_421_at_data_sessions_are_retried_never_bounced() {
         &config(
             sim.addr,
             concat!(
-                "\n[retry]\nschedule = [\"300ms\"]\nmax_age = \"3s\"\njitter = 0.0\n",
+                "\n[retry]\nschedule = [\"300ms\"]\nmax_age = \"5s\"\njitter = 0.0\n",
                 fast_pacing!()
             ),
         ),

@@ -439,6 +439,39 @@ mod tests {
     }
 
     #[test]
+    fn a_generic_try_again_later_neither_slows_nor_pauses_the_path() {
+        let g = ControllerGate::new(PacingConfig::builtin());
+        let a = PathKey {
+            source_ip: Some("192.0.2.10".parse().unwrap()),
+            provider: "mx.example.net".into(),
+        };
+        assert_eq!(g.may_send_stream(&a, "transactional", T0), GateDecision::Go);
+        let before = g.snapshot(T0)[0].clone();
+        for text in [
+            "451 4.3.2 Try again later",
+            "421 4.3.2 Closing connection at end of DATA",
+        ] {
+            let v = explain(text, Some("mx.example.net"));
+            g.record(GateOutcome {
+                path: &a,
+                now_ms: T0 + 10,
+                verdict: Some(&v),
+                connection_failed: false,
+            });
+        }
+        let after = g.snapshot(T0 + 20)[0].clone();
+        assert_eq!(after.limits, before.limits);
+        assert_eq!(after.state, before.state);
+        assert!(g.last_reply(&path_of(&a)).is_none());
+        // The held retry is not lost: the next message on the path waits at most one
+        // token's time.
+        match g.may_send_stream(&a, "transactional", T0 + 20) {
+            GateDecision::Go => {}
+            GateDecision::HoldUntil(t) => assert!(t <= T0 + 1_000, "{t}"),
+        }
+    }
+
+    #[test]
     fn connections_beyond_the_paths_limit_wait() {
         let g = ControllerGate::new(PacingConfig::builtin());
         let a = key("192.0.2.10");
