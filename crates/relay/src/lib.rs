@@ -2,7 +2,8 @@
 //!
 //! Flow of a message: [`ingress`] (SMTP) or [`http`] (JSON) → [`service::accept`]
 //! commits it to the [`spool`] → [`queue`] marks recipients due → [`scheduler`]
-//! asks the [`gate`] and hands jobs to [`egress`] sessions → replies are
+//! asks the [`gate`] (by default [`pacing_gate::ControllerGate`], the pacing
+//! controller per egress IP × provider) and hands jobs to [`egress`] sessions → replies are
 //! classified by `mxpace_reply::explain` → `mxpace_pacing::retry` decides →
 //! [`service::finish_attempt`] commits the new state, writes events, queues [`dsn`]s.
 
