@@ -216,7 +216,8 @@ impl Report {
         };
 
         let mut templates: Vec<TemplateReport> = analyzer
-            .tally.templates
+            .tally
+            .templates
             .iter()
             .map(|((provider, template), s)| TemplateReport {
                 provider: provider.clone(),

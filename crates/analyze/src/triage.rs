@@ -360,7 +360,8 @@ fn judge(
     }
 
     let mut templates: Vec<_> = analyzer
-        .tally.templates
+        .tally
+        .templates
         .values()
         .filter(|s| s.provider == provider && s.deferred > 0)
         .collect();
