@@ -256,7 +256,7 @@ fn read_sequential(
 }
 
 /// Default chunk size for parallel parsing: large enough to amortise the fork/join.
-pub const CHUNK: usize = 16 << 20;
+pub const CHUNK: usize = 8 << 20;
 
 /// Pieces per chunk: several per core, so that the ordered fold can start on the first
 /// piece while the others are parsed, and the cores idle little at the chunk's end.
