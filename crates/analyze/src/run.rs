@@ -256,7 +256,7 @@ fn read_sequential(
 }
 
 /// Default chunk size for parallel parsing: large enough to amortise the fork/join.
-pub const CHUNK: usize = 16 << 20;
+pub const CHUNK: usize = 8 << 20;
 
 /// Pieces per chunk: several per core, so that the ordered fold can start on the first
 /// piece while the others are parsed, and the cores idle little at the chunk's end.
@@ -393,18 +393,25 @@ fn split_pieces(chunk: &[u8], pieces: usize) -> Vec<&[u8]> {
     out
 }
 
-/// Read up to `size` bytes ending on a line boundary (the tail is carried over).
-fn next_chunk(input: &mut dyn BufRead, carry: &mut Vec<u8>, size: usize) -> Result<Vec<u8>> {
-    let mut chunk = std::mem::take(carry);
-    chunk.reserve(size + 4096);
-    let mut limited = input.take((size.saturating_sub(chunk.len())) as u64);
-    limited.read_to_end(&mut chunk).context("read error")?;
+/// Read up to `size` bytes ending on a line boundary into `buf` (emptied first; its
+/// memory is reused); the cut-off tail is carried over to the next chunk.
+fn next_chunk(
+    input: &mut dyn BufRead,
+    carry: &mut Vec<u8>,
+    size: usize,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>> {
+    buf.clear();
+    buf.append(carry);
+    buf.reserve(size + 4096);
+    let mut limited = input.take((size.saturating_sub(buf.len())) as u64);
+    limited.read_to_end(&mut buf).context("read error")?;
     let at_end = input.fill_buf().context("read error")?.is_empty();
-    if !at_end && let Some(last) = memchr::memrchr(b'\n', &chunk) {
-        carry.extend_from_slice(&chunk[last + 1..]);
-        chunk.truncate(last + 1);
+    if !at_end && let Some(last) = memchr::memrchr(b'\n', &buf) {
+        carry.extend_from_slice(&buf[last + 1..]);
+        buf.truncate(last + 1);
     }
-    Ok(chunk)
+    Ok(buf)
 }
 
 /// Postfix on all cores. Per chunk: worker threads parse pieces (stateless, borrowing the
@@ -425,7 +432,9 @@ fn read_postfix_parallel(
     let mut stats = ReadStats::default();
     let mut carry = Vec::new();
     let mut events = Vec::new();
-    let mut chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes)?;
+    let mut chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes, Vec::new())?;
+    // The buffer of the chunk before, refilled by the reader thread (no fresh pages).
+    let mut spare = Vec::new();
     while !chunk.is_empty() {
         let pieces = split_pieces(&chunk, PIECES_PER_CHUNK);
         let claimed = AtomicUsize::new(0);
@@ -436,7 +445,8 @@ fn read_postfix_parallel(
             years: correlator.years(),
         };
         let next = std::thread::scope(|scope| {
-            let reader = scope.spawn(|| next_chunk(input.as_mut(), &mut carry, chunk_bytes));
+            let buf = std::mem::take(&mut spare);
+            let reader = scope.spawn(|| next_chunk(input.as_mut(), &mut carry, chunk_bytes, buf));
             let (tx, rx) = mpsc::channel();
             for _ in 0..workers {
                 let tx = tx.clone();
@@ -472,7 +482,7 @@ fn read_postfix_parallel(
         if let Some(bar) = bar {
             bar.inc(chunk.len() as u64);
         }
-        chunk = next;
+        spare = std::mem::replace(&mut chunk, next);
     }
     Ok(stats)
 }
