@@ -31,6 +31,9 @@ pub(crate) struct PhraseDfa {
     match_limit: u32,
     /// For match state `i`, the phrase ids ending there.
     matches: Box<[Box<[u32]>]>,
+    /// The longest phrase, in bytes: the automaton's state depends on no more than
+    /// this many of the last bytes read.
+    longest: usize,
 }
 
 /// Transitions as narrow as the number of states allows.
@@ -154,6 +157,7 @@ impl PhraseDfa {
             start: index[start.as_usize()],
             match_limit: match_count as u32,
             matches,
+            longest: phrases.iter().map(String::len).max().unwrap_or(0),
         })
     }
 
@@ -167,7 +171,8 @@ impl PhraseDfa {
     }
 
     /// Calls `found` with the ids of the phrases ending at each byte of `text` where
-    /// some do (a phrase occurring twice is reported twice).
+    /// some do: every occurrence is reported at least once (some may be reported twice,
+    /// and not necessarily in text order — callers collect them as a set).
     #[inline]
     pub(crate) fn for_each_match(&self, text: &[u8], found: impl FnMut(&[u32])) {
         match &self.table {
@@ -176,13 +181,46 @@ impl PhraseDfa {
         }
     }
 
+    /// Texts shorter than this are walked in one stream (two would not pay).
+    const TWO_STREAMS_FROM: usize = 48;
+
+    /// Each step waits for the one before (load latency, not instructions, bounds a
+    /// DFA walk), so a long text is walked as two interleaved, independent streams the
+    /// CPU overlaps: the first half from the start, and the rest from `longest` bytes
+    /// before the middle. The second stream's state, from the start state at `from`,
+    /// is the longest suffix of `text[from..p]` that is a phrase prefix: every match it
+    /// reports is a real occurrence, and from `longest` bytes on it equals the state of
+    /// a walk from the very start, so it misses nothing at or after the middle.
     #[inline]
     fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], mut found: impl FnMut(&[u32])) {
-        let mut state = self.start;
-        for &b in text {
-            state = table[(self.column_offset[usize::from(b)] + state) as usize].into();
-            if state < self.match_limit {
-                found(&self.matches[state as usize]);
+        let step = |state: u32, b: u8| -> u32 {
+            table[(self.column_offset[usize::from(b)] + state) as usize].into()
+        };
+        let mut a = self.start;
+        let mut rest = text;
+        if text.len() >= Self::TWO_STREAMS_FROM.max(3 * self.longest) {
+            // Both streams walk `(len + longest) / 2` bytes (give or take one).
+            let middle = (text.len() + self.longest) / 2;
+            let from = middle - self.longest;
+            let (first, second) = (&text[..middle], &text[from..]);
+            let mut b = self.start;
+            for (&x, &y) in first.iter().zip(second) {
+                a = step(a, x);
+                b = step(b, y);
+                if a < self.match_limit {
+                    found(&self.matches[a as usize]);
+                }
+                if b < self.match_limit {
+                    found(&self.matches[b as usize]);
+                }
+            }
+            a = b;
+            rest = &second[first.len().min(second.len())..];
+        }
+        for &x in rest {
+            a = step(a, x);
+            if a < self.match_limit {
+                found(&self.matches[a as usize]);
             }
         }
     }
@@ -248,6 +286,23 @@ mod tests {
         ] {
             assert_eq!(ours(&narrow, text), reference(&phrases, text), "{text:?}");
             assert_eq!(ours(&wide, text), reference(&phrases, text), "{text:?}");
+        }
+    }
+
+    /// A phrase at every position of long texts: wherever it falls (first stream,
+    /// second stream, across the middle, inside the second stream's run-in), it is found.
+    #[test]
+    fn two_streams_find_a_phrase_at_every_position() {
+        let phrases = phrases();
+        let dfa = PhraseDfa::new(&phrases).unwrap();
+        for len in [48, 60, 61, 100, 257] {
+            for phrase in ["try again later", "(s3150)", "spamhaus", "ain"] {
+                for at in 0..=len - phrase.len() {
+                    let mut text = "x".repeat(len);
+                    text.replace_range(at..at + phrase.len(), phrase);
+                    assert_eq!(ours(&dfa, &text), reference(&phrases, &text), "{text:?}");
+                }
+            }
         }
     }
 
