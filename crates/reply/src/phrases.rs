@@ -31,9 +31,6 @@ pub(crate) struct PhraseDfa {
     match_limit: u32,
     /// For match state `i`, the phrase ids ending there.
     matches: Box<[Box<[u32]>]>,
-    /// The longest phrase, in bytes: the automaton's state depends on no more than
-    /// this many of the last bytes read.
-    longest: usize,
 }
 
 /// Transitions as narrow as the number of states allows.
@@ -157,7 +154,6 @@ impl PhraseDfa {
             start: index[start.as_usize()],
             match_limit: match_count as u32,
             matches,
-            longest: phrases.iter().map(String::len).max().unwrap_or(0),
         })
     }
 
@@ -181,46 +177,83 @@ impl PhraseDfa {
         }
     }
 
-    /// Texts shorter than this are walked in one stream (two would not pay).
-    const TWO_STREAMS_FROM: usize = 48;
+    /// Streams a long text is cut into (see [`PhraseDfa::walk`]).
+    const STREAMS: usize = 3;
+    /// Texts shorter than this are walked in one stream (several would not pay).
+    const STREAMS_FROM: usize = Self::STREAMS * 16;
+    /// How many of its first states each stream after the first records, for the
+    /// stream before it to meet.
+    const RECORDED: usize = 64;
 
-    /// Each step waits for the one before (load latency, not instructions, bounds a
-    /// DFA walk), so a long text is walked as two interleaved, independent streams the
-    /// CPU overlaps: the first half from the start, and the rest from `longest` bytes
-    /// before the middle. The second stream's state, from the start state at `from`,
-    /// is the longest suffix of `text[from..p]` that is a phrase prefix: every match it
-    /// reports is a real occurrence, and from `longest` bytes on it equals the state of
-    /// a walk from the very start, so it misses nothing at or after the middle.
+    /// Each step of a DFA walk waits for the one before (load latency, not the
+    /// instruction count, bounds it), so a long text is cut into `STREAMS` chunks
+    /// walked as independent, interleaved streams the CPU overlaps.
+    ///
+    /// A stream starting from the start state in the middle of the text is in the
+    /// state of the longest suffix of what it has read that is a phrase prefix: every
+    /// match it reports is a real occurrence, but near its start it may miss phrases
+    /// begun in the chunk before. So each stream then walks on into the next chunk —
+    /// with the state of a walk from the very start — until it is in the same state as
+    /// that chunk's stream at the same byte: from there the two walks are identical and
+    /// the next stream has reported (or will report) everything. Since a state depends
+    /// on at most as many last bytes as the longest phrase has, they meet within that
+    /// many bytes of the chunk boundary; if they have not met within the recorded
+    /// states (a phrase longer than those, or than a chunk), the walk simply goes on
+    /// to the end of the text.
     #[inline]
     fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], mut found: impl FnMut(&[u32])) {
+        const S: usize = PhraseDfa::STREAMS;
         let step = |state: u32, b: u8| -> u32 {
             table[(self.column_offset[usize::from(b)] + state) as usize].into()
         };
-        let mut a = self.start;
-        let mut rest = text;
-        if text.len() >= Self::TWO_STREAMS_FROM.max(3 * self.longest) {
-            // Both streams walk `(len + longest) / 2` bytes (give or take one).
-            let middle = (text.len() + self.longest) / 2;
-            let from = middle - self.longest;
-            let (first, second) = (&text[..middle], &text[from..]);
-            let mut b = self.start;
-            for (&x, &y) in first.iter().zip(second) {
-                a = step(a, x);
-                b = step(b, y);
-                if a < self.match_limit {
-                    found(&self.matches[a as usize]);
-                }
-                if b < self.match_limit {
-                    found(&self.matches[b as usize]);
-                }
+        let mut report = |state: u32| {
+            if state < self.match_limit {
+                found(&self.matches[state as usize]);
             }
-            a = b;
-            rest = &second[first.len().min(second.len())..];
+        };
+        if text.len() < Self::STREAMS_FROM {
+            let mut state = self.start;
+            for &b in text {
+                state = step(state, b);
+                report(state);
+            }
+            return;
         }
-        for &x in rest {
-            a = step(a, x);
-            if a < self.match_limit {
-                found(&self.matches[a as usize]);
+        let chunk = text.len() / S;
+        let chunks: [&[u8]; S] = std::array::from_fn(|k| &text[k * chunk..(k + 1) * chunk]);
+        let mut states = [self.start; S];
+        let mut recorded = [[0u32; Self::RECORDED]; S];
+        let record = chunk.min(Self::RECORDED);
+        for i in 0..record {
+            for k in 0..S {
+                states[k] = step(states[k], chunks[k][i]);
+                recorded[k][i] = states[k];
+                report(states[k]);
+            }
+        }
+        #[allow(clippy::needless_range_loop)] // `i` indexes every chunk in turn
+        for i in record..chunk {
+            for k in 0..S {
+                states[k] = step(states[k], chunks[k][i]);
+                report(states[k]);
+            }
+        }
+        // The last stream reads the bytes the chunks left over.
+        for &b in &text[S * chunk..] {
+            states[S - 1] = step(states[S - 1], b);
+            report(states[S - 1]);
+        }
+        // Stream 0 is a walk from the start; each stream goes on until it meets the
+        // next (which from then on is a walk from the start too).
+        for k in 0..S - 1 {
+            let mut state = states[k];
+            let next = (k + 1) * chunk;
+            for (j, &b) in text[next..].iter().enumerate() {
+                state = step(state, b);
+                if j < record && state == recorded[k + 1][j] {
+                    break;
+                }
+                report(state);
             }
         }
     }
@@ -233,10 +266,17 @@ mod tests {
 
     /// The phrases the reference (aho-corasick's own overlapping search) finds.
     fn reference(phrases: &[String], text: &str) -> Vec<u32> {
-        let ac = AhoCorasick::builder()
+        reference_by(&reference_automaton(phrases), text)
+    }
+
+    fn reference_automaton(phrases: &[String]) -> AhoCorasick {
+        AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .build(phrases)
-            .unwrap();
+            .unwrap()
+    }
+
+    fn reference_by(ac: &AhoCorasick, text: &str) -> Vec<u32> {
         let mut ids: Vec<u32> = ac
             .find_overlapping_iter(text)
             .map(|m| m.pattern().as_u32())
@@ -289,18 +329,26 @@ mod tests {
         }
     }
 
-    /// A phrase at every position of long texts: wherever it falls (first stream,
-    /// second stream, across the middle, inside the second stream's run-in), it is found.
+    /// A phrase at every position of long texts: wherever it falls (inside a chunk,
+    /// across chunk boundaries, in the leftover bytes), it is found — also when a
+    /// phrase is longer than a chunk or than the recorded states (the streams may then
+    /// not meet, and the walk goes on to the end).
     #[test]
-    fn two_streams_find_a_phrase_at_every_position() {
-        let phrases = phrases();
+    fn streams_find_a_phrase_at_every_position() {
+        let long = "a phrase longer than the sixty-four recorded states of one stream";
+        let mut phrases = phrases();
+        phrases.push(long.to_owned());
         let dfa = PhraseDfa::new(&phrases).unwrap();
-        for len in [48, 60, 61, 100, 257] {
-            for phrase in ["try again later", "(s3150)", "spamhaus", "ain"] {
+        let ac = reference_automaton(&phrases);
+        for len in [47, 48, 49, 50, 60, 61, 100, 257, 300] {
+            for phrase in ["try again later", "(s3150)", "spamhaus", "ain", long] {
+                if phrase.len() > len {
+                    continue;
+                }
                 for at in 0..=len - phrase.len() {
                     let mut text = "x".repeat(len);
                     text.replace_range(at..at + phrase.len(), phrase);
-                    assert_eq!(ours(&dfa, &text), reference(&phrases, &text), "{text:?}");
+                    assert_eq!(ours(&dfa, &text), reference_by(&ac, &text), "{text:?}");
                 }
             }
         }
