@@ -59,10 +59,8 @@ pub struct Engine {
     /// Bitsets of `rule_words` words: at `p`, the rules that hold for provider `p`
     /// (no provider condition, or this one); the last bitset is for "unknown".
     rules_of_provider: Vec<u64>,
-    /// For each phrase id `p`, the rules whose `all`/`any` name it:
-    /// `rules_of_phrase[rules_of_phrase_start[p]..rules_of_phrase_start[p + 1]]`.
-    rules_of_phrase: Vec<u32>,
-    rules_of_phrase_start: Vec<u32>,
+    /// For each phrase id, the rules whose `all`/`any` name it.
+    rules_of_phrase: Vec<Vec<u32>>,
 }
 
 impl Engine {
@@ -221,17 +219,7 @@ impl Engine {
             rule_words,
             rules_of_code,
             rules_of_provider,
-            rules_of_phrase_start: rules_of_phrase
-                .iter()
-                .scan(0u32, |end, rules| {
-                    *end += rules.len() as u32;
-                    Some(*end)
-                })
-                .fold(vec![0], |mut starts, end| {
-                    starts.push(end);
-                    starts
-                }),
-            rules_of_phrase: rules_of_phrase.concat(),
+            rules_of_phrase,
         })
     }
 
@@ -354,11 +342,7 @@ impl Engine {
         for &id in ids {
             if !has(seen, id) {
                 set(seen, id);
-                let (from, to) = (
-                    self.rules_of_phrase_start[id as usize] as usize,
-                    self.rules_of_phrase_start[id as usize + 1] as usize,
-                );
-                for &ri in &self.rules_of_phrase[from..to] {
+                for &ri in &self.rules_of_phrase[id as usize] {
                     set(candidates, ri);
                 }
                 if let Some(p) = self.marker_of[id as usize] {

@@ -29,11 +29,8 @@ pub(crate) struct PhraseDfa {
     start: u32,
     /// States below this index are match states.
     match_limit: u32,
-    /// For match state `i`, the phrase ids ending there:
-    /// `matches[match_start[i]..match_start[i + 1]]` (one flat array, no pointer to
-    /// follow per match).
-    matches: Box<[u32]>,
-    match_start: Box<[u32]>,
+    /// For match state `i`, the phrase ids ending there.
+    matches: Box<[Box<[u32]>]>,
 }
 
 /// Transitions as narrow as the number of states allows.
@@ -143,19 +140,20 @@ impl PhraseDfa {
         } else {
             Table::Wide(trans.into_boxed_slice())
         };
-        let mut matches = Vec::new();
-        let mut match_start = vec![0u32];
-        for &s in &states[..match_count] {
-            matches.extend((0..dfa.match_len(s)).map(|i| dfa.match_pattern(s, i).as_u32()));
-            match_start.push(matches.len() as u32);
-        }
+        let matches = states[..match_count]
+            .iter()
+            .map(|&s| {
+                (0..dfa.match_len(s))
+                    .map(|i| dfa.match_pattern(s, i).as_u32())
+                    .collect()
+            })
+            .collect();
         Ok(PhraseDfa {
             column_offset,
             table,
             start: index[start.as_usize()],
             match_limit: match_count as u32,
-            matches: matches.into_boxed_slice(),
-            match_start: match_start.into_boxed_slice(),
+            matches,
         })
     }
 
@@ -165,7 +163,7 @@ impl PhraseDfa {
             Table::Narrow(t) => t.len() * 2,
             Table::Wide(t) => t.len() * 4,
         };
-        table + (self.matches.len() + self.match_start.len()) * 4
+        table + self.matches.iter().map(|m| m.len() * 4 + 16).sum::<usize>()
     }
 
     /// Calls `found` with the ids of the phrases ending at each byte of `text` where
@@ -210,9 +208,7 @@ impl PhraseDfa {
         };
         let mut report = |state: u32| {
             if state < self.match_limit {
-                let i = state as usize;
-                let (from, to) = (self.match_start[i], self.match_start[i + 1]);
-                found(&self.matches[from as usize..to as usize]);
+                found(&self.matches[state as usize]);
             }
         };
         if text.len() < Self::STREAMS_FROM {
