@@ -8,7 +8,6 @@
 //! three-digit details (4.7.500 would become 4.7.255).
 
 use crate::verdict::Stage;
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
@@ -343,7 +342,7 @@ struct Unwrapped<'a> {
     remote_ip: Option<IpAddr>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Marker {
     PostfixSaid,
     PostfixRefused,
@@ -365,18 +364,80 @@ const MARKERS: &[(&str, Marker)] = &[
     ("#SMTP#", Marker::ExchangeHash),
 ];
 
-/// One automaton for all wrapper markers: a single pass finds the first one.
-static MARKER_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::LeftmostFirst)
-        // Six short phrases make a small DFA; its byte-at-a-time walk beat the default
-        // (rare-bytes prefilter + NFA) on log lines, where the rare bytes are common.
-        .kind(Some(AhoCorasickKind::DFA))
-        .prefilter(false)
-        .build(MARKERS.iter().map(|(m, _)| m))
-        .expect("wrapper markers are valid literals")
-});
+/// Where the wrapper marker that starts first in `input` (case-insensitive; on a tie,
+/// the first in [`MARKERS`]) is: its start, end and kind.
+///
+/// Each marker is looked for by a SIMD search for one of its bytes that is rare in
+/// log text (`:`, `'`, `#`, else its rarest letter), in either case, and a
+/// comparison around each hit; later markers are only looked for before the best start so far. On Postfix
+/// log lines this replaced an Aho-Corasick DFA walk (~5,000 instructions for a
+/// 300-byte line: one dependent table load per byte) — tested against it.
+fn find_marker(input: &str) -> Option<(usize, usize, Marker)> {
+    let h = input.as_bytes();
+    let mut best: Option<(usize, usize, Marker)> = None;
+    for (&(needle, marker), &anchor) in MARKERS.iter().zip(&ANCHORS) {
+        let n = needle.as_bytes();
+        // Only a start before the best one so far can win.
+        let limit = best.map_or(h.len(), |(start, _, _)| (start + n.len() - 1).min(h.len()));
+        if let Some(start) = find_ci_by(&h[..limit], n, anchor) {
+            best = Some((start, start + n.len(), marker));
+        }
+    }
+    best
+}
+
+/// For each of [`MARKERS`], the index of the byte [`find_marker`] searches for
+/// (computed at compile time).
+const ANCHORS: [usize; MARKERS.len()] = {
+    let mut anchors = [0; MARKERS.len()];
+    let mut i = 0;
+    while i < MARKERS.len() {
+        anchors[i] = anchor(MARKERS[i].0.as_bytes());
+        i += 1;
+    }
+    anchors
+};
+
+/// The index in `needle` of the byte to search for: the first of `:'#`, else its
+/// rarest letter in English text (by the usual letter-frequency order).
+const fn anchor(needle: &[u8]) -> usize {
+    const RAREST_FIRST: &[u8] = b"zqxjkvbpygfwmucldrhsnioate";
+    let mut i = 0;
+    while i < needle.len() {
+        if matches!(needle[i], b':' | b'\'' | b'#') {
+            return i;
+        }
+        i += 1;
+    }
+    let mut r = 0;
+    while r < RAREST_FIRST.len() {
+        let mut i = 0;
+        while i < needle.len() {
+            if needle[i].to_ascii_lowercase() == RAREST_FIRST[r] {
+                return i;
+            }
+            i += 1;
+        }
+        r += 1;
+    }
+    0
+}
+
+/// Case-insensitive ASCII substring search: candidates by a SIMD search for the
+/// needle's byte at `anchor` in either case, then a comparison.
+fn find_ci_by(h: &[u8], n: &[u8], anchor: usize) -> Option<usize> {
+    if h.len() < n.len() || n.is_empty() {
+        return None;
+    }
+    let a = n[anchor];
+    let last = h.len() - n.len() + anchor;
+    memchr::memchr2_iter(
+        a.to_ascii_lowercase(),
+        a.to_ascii_uppercase(),
+        &h[anchor..=last],
+    )
+    .find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
 
 fn unwrap(input: &str) -> Unwrapped<'_> {
     let raw = Unwrapped {
@@ -390,13 +451,13 @@ fn unwrap(input: &str) -> Unwrapped<'_> {
     if starts_with_code(input.as_bytes()) && !has_smtp_hash(input.as_bytes()) {
         return raw;
     }
-    let Some(m) = MARKER_FINDER.find(input) else {
+    let Some((start, end, marker)) = find_marker(input) else {
         return raw;
     };
-    let (before, after) = (&input[..m.start()], &input[m.end()..]);
-    match MARKERS[m.pattern().as_usize()].1 {
+    let (before, after) = (&input[..start], &input[end..]);
+    match marker {
         Marker::PostfixSaid | Marker::PostfixRefused => {
-            let refused = matches!(MARKERS[m.pattern().as_usize()].1, Marker::PostfixRefused);
+            let refused = matches!(marker, Marker::PostfixRefused);
             let (host, ip) = host_before(before);
             let (body, stage) = strip_in_reply_to(after);
             Unwrapped {
@@ -764,6 +825,50 @@ fn enhanced_in_text(text: &str, code: u16) -> Option<EnhancedCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference for [`find_marker`]: Aho-Corasick, leftmost-first, ignoring case.
+    fn marker_reference(input: &str) -> Option<(usize, usize, Marker)> {
+        use aho_corasick::{AhoCorasick, MatchKind};
+        let ac = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(MARKERS.iter().map(|(m, _)| m))
+            .unwrap();
+        ac.find(input)
+            .map(|m| (m.start(), m.end(), MARKERS[m.pattern().as_usize()].1))
+    }
+
+    #[test]
+    fn marker_search_agrees_with_aho_corasick_on_the_corpus() {
+        #[derive(serde::Deserialize)]
+        struct Corpus {
+            case: Vec<Case>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Case {
+            reply: String,
+        }
+        let corpus: Corpus = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        let mut wrapped = 0;
+        for case in &corpus.case {
+            let found = find_marker(&case.reply);
+            wrapped += usize::from(found.is_some());
+            assert_eq!(found, marker_reference(&case.reply), "{:?}", case.reply);
+        }
+        assert!(
+            wrapped >= 20,
+            "only {wrapped} corpus replies have a wrapper marker"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn marker_search_agrees_with_aho_corasick(
+            text in "([a-zA-Z #:'-]| said: | SAID: | refused to talk to me: |SMTP error from remote mail server after |smtp ERROR from remote mail server after |Diagnostic-Code:|diagnostic-code:|Remote Server returned '|#SMTP#|#smtp#|said|:){0,12}"
+        ) {
+            proptest::prop_assert_eq!(find_marker(&text), marker_reference(&text));
+        }
+    }
 
     #[test]
     fn enhanced_codes_keep_three_digit_details() {
