@@ -83,6 +83,7 @@ impl Providers {
     pub fn recognise(&self, mx_host: Option<&str>, recipient_domain: &str) -> &str {
         if let Some(mx) = mx_host {
             let mx = mx.trim_end_matches('.');
+            // A user's providers file may name MX suffixes of its own; they win.
             for p in &self.list {
                 if p.mx_suffixes
                     .iter()
@@ -90,6 +91,10 @@ impl Providers {
                 {
                     return &p.name;
                 }
+            }
+            // Otherwise the MX patterns live in one place: the reply classifier's table.
+            if let Some(name) = mxpace_reply::provider_for_host(mx) {
+                return name;
             }
         }
         for p in &self.list {
@@ -299,6 +304,25 @@ mod tests {
             "google"
         );
         assert_eq!(p.recognise(Some("mx.example.org"), "example.org"), OTHER);
+        // MX patterns come from the reply classifier's table, so providers triage has no
+        // bands for are still recognised by their MX.
+        assert_eq!(
+            p.recognise(Some("mx1.comcast.net"), "example.net"),
+            mxpace_reply::provider_for_host("mx1.comcast.net").unwrap()
+        );
+        assert_eq!(
+            p.recognise(Some("mx1.comcast.net."), "example.net"),
+            "comcast"
+        );
+        // A user's file may name its own MX suffixes, and they win.
+        let custom = Providers::parse(
+            "[[provider]]\nname = \"inhouse\"\nmx_suffixes = [\".mail.protection.outlook.com\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            custom.recognise(Some("contoso-com.mail.protection.outlook.com"), "x.org"),
+            "inhouse"
+        );
         assert_eq!(basic_code("451 4.7.500 x"), Some(451));
         assert_eq!(basic_code("4510 x"), None);
         assert_eq!(basic_code("connect to x"), None);
