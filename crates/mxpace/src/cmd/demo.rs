@@ -593,13 +593,13 @@ impl View {
                 .or(p.connections)
                 .map_or_else(|| "-".into(), |c| c.to_string());
             let recent_deferred = p.recent.iter().filter(|d| **d).count();
-            let share = if p.recent.is_empty() {
-                "-".to_string()
-            } else {
-                format!(
+            let share = match snap.and_then(|s| s["deferral_rate"].as_f64()) {
+                Some(r) => format!("{:.0}%", 100.0 * r),
+                None if p.recent.is_empty() => "-".to_string(),
+                None => format!(
                     "{:.0}%",
                     100.0 * recent_deferred as f64 / p.recent.len() as f64
-                )
+                ),
             };
             rows.push(format!(
                 "  {:<10} {:<9} {:>9} {:>5} {:>10} {:>8} {:>9} {:>8}",
@@ -675,4 +675,94 @@ fn print_triage(dir: &Path) -> anyhow::Result<()> {
     let colour = std::io::stdout().is_terminal();
     print!("{}", render::terminal(&report, colour));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mxpace_pacing::{Moment, Outcome, Pacing, PacingConfig, Path as PacingPath};
+    use mxpace_reply::{Scope, Throttle, Verdict};
+
+    fn throttle_127_0_0_2(p: &mut Pacing, at: Moment) -> Vec<mxpace_pacing::PacingChange> {
+        let path: PacingPath = "127.0.0.2@microsoft".parse().unwrap();
+        let v = Verdict {
+            throttle: Throttle::SlowDown,
+            scope: Scope::SendingIp,
+            ips: vec!["127.0.0.2".parse().unwrap()],
+            text: "451 4.7.500 Server busy. Please try again later from [127.0.0.2]. (S77714)"
+                .into(),
+            ..Verdict::default()
+        };
+        p.on_outcome(&path, Outcome::Deferred(&v), at)
+    }
+
+    #[test]
+    fn the_view_shows_the_state_and_limits_of_the_relays_pacing_events() {
+        let mut pacing = Pacing::new(PacingConfig::builtin());
+        let changes = throttle_127_0_0_2(&mut pacing, Moment(1_795_435_200_000));
+        assert!(!changes.is_empty());
+        let mut tail = EventTail::new(PathBuf::new());
+        let mut view = View::new(false);
+        for c in &changes {
+            let e = serde_json::to_value(super::super::pacing::pacing_event(c)).unwrap();
+            tail.apply(&e, &mut view.paths);
+        }
+        let p = &view.paths["127.0.0.2"];
+        assert_eq!(p.state.as_deref(), Some("paused"));
+        let cut = changes.last().unwrap().to.rate_per_min;
+        assert_eq!(p.rate_per_min, Some(cut));
+        let rows = view.rows().join("\n");
+        let row = rows
+            .lines()
+            .find(|l| l.starts_with("  127.0.0.2 "))
+            .unwrap();
+        assert!(row.contains("paused"), "{rows}");
+        assert!(row.contains(&format!("{cut:.0}")), "{rows}");
+        assert!(!rows.contains("no pacing events"), "{rows}");
+        // The other path was never touched.
+        assert!(
+            rows.lines().any(|l| l.starts_with("  127.0.0.1  -")),
+            "{rows}"
+        );
+    }
+
+    #[test]
+    fn the_relays_snapshot_wins_over_events_and_delivered_counts_each_recipient_once() {
+        let mut pacing = Pacing::new(PacingConfig::builtin());
+        let at = Moment(1_795_435_200_000);
+        throttle_127_0_0_2(&mut pacing, at);
+        let snaps = serde_json::to_value(pacing.snapshot(at)).unwrap();
+        let mut view = View::new(false);
+        view.snapshots = snaps.as_array().cloned();
+        let mut tail = EventTail::new(PathBuf::new());
+        let delivered = serde_json::json!({"type": "attempt", "outcome": "delivered",
+            "recipient": "a@contoso.example", "source_ip": "127.0.0.1"});
+        tail.apply(&delivered, &mut view.paths);
+        tail.apply(&delivered, &mut view.paths);
+        let deferred = serde_json::json!({"type": "attempt", "outcome": "deferred",
+            "recipient": "b@contoso.example", "source_ip": "127.0.0.1", "reply": "451 4.7.500 x"});
+        tail.apply(&deferred, &mut view.paths);
+        assert_eq!(view.delivered(), 1);
+        assert_eq!(view.deferred(), 1);
+        let rows = view.rows().join("\n");
+        let row = rows
+            .lines()
+            .find(|l| l.starts_with("  127.0.0.2 "))
+            .unwrap();
+        // The relay's own window: its one attempt was deferred.
+        assert!(
+            row.contains("paused") && row.contains("100%") && row.contains("normal"),
+            "{rows}"
+        );
+        let row1 = rows
+            .lines()
+            .find(|l| l.starts_with("  127.0.0.1 "))
+            .unwrap();
+        // No snapshot for this path: the view's own count of recent attempts (the
+        // repeated delivery is an attempt too, though counted delivered once).
+        assert!(
+            row1.contains("33%"),
+            "one of three attempts deferred: {rows}"
+        );
+    }
 }
