@@ -54,6 +54,11 @@ struct FlightArgs {
     /// (default 1).
     #[arg(long, value_name = "SECS")]
     retry_penalty_secs: Option<f64>,
+    /// New-IP warm-up of the `sim` receiver: a throttle sends the IP back to day 0 (the
+    /// receiver simulator's default). Without this flag warm-up days count from the IP's
+    /// first message, as Microsoft's guidance reads (see `SimReceiver::new`).
+    #[arg(long)]
+    warmup_reset_on_throttle: bool,
     /// Also write mxpace's pacing changes of each run as events (JSONL, `type: "pacing"`),
     /// timed from 2026-01-01T00:00:00Z as the simulation's start.
     #[arg(long, value_name = "FILE")]
@@ -116,9 +121,12 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let report = match a.receiver.as_str() {
+        "model" if a.warmup_reset_on_throttle => {
+            anyhow::bail!("--warmup-reset-on-throttle needs --receiver sim")
+        }
         "model" => flight::run_all(&scenarios, &config, a.seed),
         "sim" => flight::run_all_with(&scenarios, &config, a.seed, &mut |s, seed| {
-            Box::new(SimReceiver::new(s, seed))
+            Box::new(SimReceiver::new(s, seed).warmup_reset(a.warmup_reset_on_throttle))
         }),
         other => anyhow::bail!("unknown --receiver {other:?} (sim or model)"),
     };
@@ -129,6 +137,16 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report, &names);
+        if names.contains(&"new-ip") && a.receiver == "sim" {
+            println!(
+                "\nnew-ip warm-up: {}",
+                if a.warmup_reset_on_throttle {
+                    "a throttle sends the IP back to day 0 (--warmup-reset-on-throttle)"
+                } else {
+                    "days count from the IP's first message (a throttle does not erase them)"
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -178,6 +196,12 @@ impl SimReceiver {
             tenant_window: m.tenant_pressure.clone(),
             incident_window: m.incident,
         }
+    }
+
+    /// Whether a throttle sends a warming IP back to day 0 (see `--warmup-reset-on-throttle`).
+    fn warmup_reset(mut self, on: bool) -> SimReceiver {
+        self.rx.profile_mut().warmup.reset_on_throttle = on;
+        self
     }
 
     /// Tenant pressure and incidents are timed in a scenario; the sim profile's are
