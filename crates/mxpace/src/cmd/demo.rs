@@ -609,14 +609,11 @@ impl View {
         if self.paths.values().all(|p| p.pacing_events == 0) && self.snapshots.is_none() {
             rows.push("  (no pacing events from the relay yet)".into());
         }
-        if let Some(reply) = self
-            .paths
-            .values()
-            .filter_map(|p| p.last_reply.as_ref())
-            .next_back()
-        {
-            let short: String = reply.chars().take(90).collect();
-            rows.push(format!("  last deferral: {short}"));
+        for (ip, p) in &self.paths {
+            if let Some(reply) = &p.last_reply {
+                let short: String = reply.chars().take(80).collect();
+                rows.push(format!("  last deferral on {ip}: {short}"));
+            }
         }
         rows
     }
