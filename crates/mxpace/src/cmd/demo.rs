@@ -563,8 +563,12 @@ impl View {
     fn snapshot(&self, ip: &str) -> Option<&serde_json::Value> {
         self.snapshots.as_ref()?.iter().find(|s| {
             let path = &s["path"];
-            path.as_str()
-                .is_some_and(|p| p.starts_with(&format!("{ip}@")))
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{ip}/")))
+                || path
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&format!("{ip}@")))
                 || path["source_ip"].as_str() == Some(ip)
         })
     }
