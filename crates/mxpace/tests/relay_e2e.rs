@@ -134,8 +134,22 @@ fn base_config(routes: &[(&str, Vec<SocketAddr>)], extra: &str) -> String {
     c
 }
 
-const FAST_RETRY: &str =
-    "\n[retry]\nschedule = [\"300ms\", \"600ms\"]\nmax_age = \"60s\"\njitter = 0.0\n";
+/// Pacing (on by default) with rests short enough for tests of retries: a
+/// `451 4.7.500 … from [IP]` deferral still cuts the path, but it rests 100 ms
+/// instead of a minute.
+macro_rules! fast_pacing {
+    () => {
+        "\n[pacing.default]\nslow_down_pause = \"100ms\"\npause = \"100ms\"\n\
+         breaker_cooldown = \"100ms\"\nrate_initial = \"6000/min\"\nrate_ceiling = \"6000/min\"\n\
+         [pacing.provider.microsoft]\nslow_down_pause = \"100ms\"\npause = \"100ms\"\n"
+    };
+}
+
+/// Quick retries, with [`fast_pacing`].
+const FAST_RETRY: &str = concat!(
+    "\n[retry]\nschedule = [\"300ms\", \"600ms\"]\nmax_age = \"60s\"\njitter = 0.0\n",
+    fast_pacing!()
+);
 
 /// Submit one message with swaks; returns its output (asserting success when `expect_ok`).
 fn swaks(server: SocketAddr, from: &str, to: &str, extra: &[&str], expect_ok: bool) -> String {
@@ -981,7 +995,10 @@ fn queue_commands_work_through_the_running_relay() {
             ("example.test", vec![mx.addr]),
             ("origin.test", vec![mx.addr]),
         ],
-        "\n[retry]\nschedule = [\"1h\"]\nmax_age = \"24h\"\n",
+        concat!(
+            "\n[retry]\nschedule = [\"1h\"]\nmax_age = \"24h\"\n",
+            fast_pacing!()
+        ),
     )
     .replace(
         "hostname = \"relay.test\"",

@@ -7,6 +7,9 @@ use std::time::Duration;
 /// The shipped defaults (see the comments in the file for the source of each value).
 pub const DEFAULTS: &str = include_str!("../data/pacing.toml");
 
+/// The provider name of a receiver the classifier does not recognise.
+pub const UNKNOWN_PROVIDER: &str = "unknown";
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -190,11 +193,27 @@ impl PacingConfig {
             toml::from_str(DEFAULTS).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let over: RawConfig =
             toml::from_str(user).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let known = over
-            .known_providers
-            .clone()
-            .or(base.known_providers.clone())
-            .unwrap_or_default();
+        // Provider knowledge lives in one place, the reply classifier's table
+        // (crates/reply/rules/providers.toml); a file may add names of its own (e.g. the
+        // MX host of an unrecognised receiver, which is then its own provider).
+        let mut known: Vec<String> = mxpace_reply::PROVIDERS
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        known.push(UNKNOWN_PROVIDER.to_string());
+        for extra in [&base.known_providers, &over.known_providers]
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = extra.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                return Err(invalid("known_providers", "an empty provider name"));
+            }
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
         let default_raw = base.default.overlay(&over.default);
         let default = resolve("default", &default_raw)?;
         let mut names: Vec<&String> = base.provider.keys().collect();
@@ -225,7 +244,8 @@ impl PacingConfig {
         self.providers.get(provider).unwrap_or(&self.default)
     }
 
-    /// Provider names a config section may use.
+    /// Provider names a config section may use: the reply classifier's providers,
+    /// `unknown`, and any a file adds with `known_providers`.
     pub fn known_providers(&self) -> &[String] {
         &self.known_providers
     }
@@ -494,6 +514,25 @@ mod tests {
         assert!(
             matches!(&e, ConfigError::Invalid { key, .. } if key == "provider.hotmale"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn known_providers_are_the_reply_classifiers_and_a_file_may_add_more() {
+        let c = PacingConfig::builtin();
+        for p in mxpace_reply::PROVIDERS.iter() {
+            assert!(c.known_providers().contains(&p.name), "{} missing", p.name);
+        }
+        assert!(c.known_providers().iter().any(|k| k == "unknown"));
+        // Outlook.com rolls up into microsoft in the classifier: no separate section.
+        assert!(!c.known_providers().iter().any(|k| k == "outlook"));
+        let c = PacingConfig::from_toml(
+            "known_providers = [\"mx.example.net\"]\n[provider.\"mx.example.net\"]\npause = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.for_provider("mx.example.net").pause,
+            Duration::from_secs(60)
         );
     }
 

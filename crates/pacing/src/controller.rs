@@ -705,6 +705,11 @@ impl Pacing {
         self.paths.get_mut(path).expect("inserted above")
     }
 
+    /// Whether `path` has been used (has a controller) yet.
+    pub fn knows(&self, path: &Path) -> bool {
+        self.paths.contains_key(path)
+    }
+
     /// See [`PathPacing::try_send`].
     pub fn try_send(
         &mut self,

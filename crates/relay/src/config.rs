@@ -2,6 +2,7 @@
 
 use ipnet::IpNet;
 use mxpace_pacing::retry::{RetryPolicy, STREAM_MAX_AGE_RANGE};
+use mxpace_pacing::{ConfigError as PacingConfigError, PacingConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +48,68 @@ pub struct Config {
     pub dns: DnsSection,
     #[serde(default)]
     pub stream: BTreeMap<String, StreamConfig>,
+    #[serde(default)]
+    pub pacing: PacingSection,
+}
+
+/// `[pacing]`: the pacing controller per (egress IP × provider). Its settings are
+/// the embedded `crates/pacing/data/pacing.toml`, overlaid with `file` (if given),
+/// overlaid with any `[pacing.default]` / `[pacing.provider.NAME]` keys written here.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PacingSection {
+    /// `false` turns pacing off (every message goes as soon as it is due).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A pacing TOML file (same keys as pacing.toml) overriding the defaults.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Inline pacing keys (`known_providers`, `[pacing.default]`, `[pacing.provider.NAME]`).
+    #[serde(flatten)]
+    pub inline: toml::Table,
+}
+
+impl PacingSection {
+    /// Whether the controller paces this relay (the default) or lets everything through.
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    /// The resolved pacing settings: defaults ← `file` ← inline keys. Errors name
+    /// the key (`pacing.provider.microsoft.rate_floor: is above rate_ceiling`).
+    pub fn resolve(&self) -> Result<PacingConfig, ConfigError> {
+        let mut merged = toml::Table::new();
+        if let Some(file) = &self.file {
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                ConfigError::Invalid(format!("pacing.file {}: {e}", file.display()))
+            })?;
+            merge_tables(&mut merged, table);
+        }
+        merge_tables(&mut merged, self.inline.clone());
+        let text =
+            toml::to_string(&merged).map_err(|e| ConfigError::Invalid(format!("pacing: {e}")))?;
+        PacingConfig::from_toml(&text).map_err(|e| match e {
+            PacingConfigError::Invalid { key, problem } => {
+                ConfigError::Invalid(format!("pacing.{key}: {problem}"))
+            }
+            PacingConfigError::Parse(p) => ConfigError::Invalid(format!("[pacing]: {p}")),
+        })
+    }
+}
+
+/// Overlay `over` on `base`, table by table (a key in `over` wins).
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// `[relay]`
@@ -273,6 +336,9 @@ impl Config {
                 ));
             }
         }
+        if self.pacing.enabled() {
+            self.pacing.resolve()?;
+        }
         if !self.user.is_empty() && self.tls.is_none() {
             return Err(ConfigError::Invalid(
                 "user: AUTH is only offered after STARTTLS, so [tls] cert and key are needed"
@@ -413,6 +479,62 @@ max_age = "30s"
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn pacing_is_on_by_default_and_inline_keys_override_the_file_which_overrides_the_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.pacing.enabled());
+        assert_eq!(c.pacing.resolve().unwrap(), PacingConfig::builtin());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pacing.toml");
+        std::fs::write(
+            &file,
+            "[default]\nincrease_interval = \"2s\"\npause = \"3s\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{MINIMAL}\n[pacing]\nfile = {:?}\n[pacing.default]\npause = \"4s\"\n",
+            file.display().to_string()
+        );
+        let p = Config::parse(&text).unwrap().pacing.resolve().unwrap();
+        let d = p.for_provider("google");
+        assert_eq!(d.increase_interval, Duration::from_secs(2));
+        assert_eq!(d.pause, Duration::from_secs(4));
+        let off = Config::parse(&format!("{MINIMAL}\n[pacing]\nenabled = false\n")).unwrap();
+        assert!(!off.pacing.enabled());
+    }
+
+    #[test]
+    fn bad_pacing_config_fails_at_load_naming_the_key() {
+        let cases = [
+            (
+                "[pacing.provider.microsoft]\nrate_floor = \"10/s\"\nrate_ceiling = \"1/s\"\n",
+                "pacing.provider.microsoft.rate_floor",
+            ),
+            (
+                "[pacing.default]\nrate_floor = \"0/min\"\n",
+                "pacing.default.rate_floor",
+            ),
+            (
+                "[pacing.provider.hotmale]\npause = \"1m\"\n",
+                "pacing.provider.hotmale",
+            ),
+            (
+                "[pacing.default]\npause = \"ten minutes\"\n",
+                "pacing.default.pause",
+            ),
+            ("[pacing.default]\nrate_flor = \"1/min\"\n", "rate_flor"),
+        ];
+        for (section, key) in cases {
+            let err = Config::parse(&format!("{MINIMAL}\n{section}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{section}: {err}");
+        }
+        let missing = format!("{MINIMAL}\n[pacing]\nfile = \"/nonexistent/pacing.toml\"\n");
+        let err = Config::parse(&missing).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/pacing.toml"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The pacing gate: sits between "due" and "sent". The pacing controller
-//! (crates/pacing, issue 5) implements [`PacingGate`]; until it is plugged in,
-//! [`PassThrough`] lets everything through.
+//! The pacing gate: sits between "due" and "sent". [`crate::pacing_gate::ControllerGate`]
+//! (the pacing controller of crates/pacing behind a lock) is the relay's default;
+//! [`PassThrough`] lets everything through (`[pacing] enabled = false`).
 //!
 //! A message the gate holds is put back with a new due time and its attempt
 //! count unchanged: our own pacing is not a delivery attempt.
 
+use mxpace_pacing::{PacingChange, PathSnapshot};
 use mxpace_reply::Verdict;
 use std::net::IpAddr;
 
@@ -41,10 +42,60 @@ pub trait PacingGate: Send + Sync {
     fn may_connect(&self, path: &PathKey, now_ms: i64) -> GateDecision;
     /// May one more message be sent on this path now?
     fn may_send(&self, path: &PathKey, now_ms: i64) -> GateDecision;
+    /// May one more message of `stream` (`transactional`, `bulk`, `cold` or a
+    /// campaign name) be sent on this path now? Gates that pace streams apart
+    /// override this; the default ignores the stream.
+    fn may_send_stream(&self, path: &PathKey, _stream: &str, now_ms: i64) -> GateDecision {
+        self.may_send(path, now_ms)
+    }
     /// An attempt on the path ended.
     fn record(&self, outcome: GateOutcome<'_>);
+    /// A connection on the path opened (after the greeting named the provider).
+    fn opened(&self, _path: &PathKey) {}
     /// A connection on the path closed (so concurrency can be given back).
     fn closed(&self, _path: &PathKey) {}
+    /// Messages one connection on the path may carry now; `None`: the relay's own limit.
+    fn per_connection(&self, _path: &PathKey) -> Option<usize> {
+        None
+    }
+    /// Changes of limits or state since the last call, oldest first (written to
+    /// the event log as `type: "pacing"`).
+    fn take_changes(&self) -> Vec<PacingChange> {
+        Vec::new()
+    }
+    /// Every known path's visible state (`GET /v1/pacing`).
+    fn snapshot(&self, _now_ms: i64) -> Vec<PathSnapshot> {
+        Vec::new()
+    }
+    /// An operator pauses (stops until resumed) or resumes a known path.
+    fn operator(
+        &self,
+        _path: &mxpace_pacing::Path,
+        _action: OperatorAction,
+        _now_ms: i64,
+    ) -> Result<(), OperatorError> {
+        Err(OperatorError::NotPacing)
+    }
+}
+
+/// What an operator does to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Stop the path until resumed.
+    Pause,
+    /// Let the path send again, ramping from its floor.
+    Resume,
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OperatorError {
+    /// The relay runs without the pacing controller.
+    #[error("pacing is disabled in this relay ([pacing] enabled = false)")]
+    NotPacing,
+    /// No such path has been used since the relay started.
+    #[error("unknown path {path}; known paths: {known}")]
+    UnknownPath { path: String, known: String },
 }
 
 /// The default gate: never holds anything.

@@ -2,6 +2,8 @@
 //! admin API the `mxpace queue` commands use while the relay runs. Only
 //! clients in `allow_clients` are served.
 
+use crate::gate::OperatorAction;
+use crate::pacing_gate::{parse_path_name, path_name};
 use crate::queue::{Filter, summarize};
 use crate::service::{self, AdminAction, EnvelopeRecipient, Shared, Submission, now_ms};
 use axum::extract::{ConnectInfo, Path, State};
@@ -10,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde::Deserialize;
+use mxpace_pacing::PathSnapshot;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +59,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/v1/queue", get(queue_summary))
         .route("/v1/queue/{id}", get(queue_show))
         .route("/v1/queue/action/{action}", post(queue_action))
+        .route("/v1/pacing", get(pacing_state))
+        .route("/v1/pacing/{ip}/{provider}/{action}", post(pacing_action))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(shared);
     if let Err(e) = axum::serve(
@@ -239,5 +244,74 @@ async fn queue_action(
     match service::admin(&shared, action, &filter).await {
         Ok(n) => Json(json!({ "affected": n })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// One path in `GET /v1/pacing`: its name (`203.0.113.10/microsoft`) and its
+/// snapshot's fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamedSnapshot {
+    /// `IP/provider`, as `mxpace pacing pause|resume` takes it.
+    pub name: String,
+    #[serde(flatten)]
+    pub snapshot: PathSnapshot,
+}
+
+/// `GET /v1/pacing`: every path the relay has used, in path order.
+async fn pacing_state(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let paths: Vec<NamedSnapshot> = shared
+        .gate
+        .snapshot(now_ms())
+        .into_iter()
+        .map(|snapshot| NamedSnapshot {
+            name: path_name(&snapshot.path),
+            snapshot,
+        })
+        .collect();
+    service::write_pacing_changes(&shared);
+    Json(paths).into_response()
+}
+
+/// `POST /v1/pacing/{ip}/{provider}/{pause|resume}`.
+async fn pacing_action(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((ip, provider, action)): Path<(String, String, String)>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let action = match action.as_str() {
+        "pause" => OperatorAction::Pause,
+        "resume" => OperatorAction::Resume,
+        _ => return error(StatusCode::NOT_FOUND, "action must be pause or resume"),
+    };
+    let path = match parse_path_name(&format!("{ip}/{provider}")) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let result = shared.gate.operator(&path, action, now_ms());
+    service::write_pacing_changes(&shared);
+    match result {
+        Ok(()) => {
+            // Held mail of a resumed path should not wait for its hold to run out.
+            shared.wake.notify_one();
+            let snapshot = shared
+                .gate
+                .snapshot(now_ms())
+                .into_iter()
+                .find(|s| s.path == path);
+            Json(json!({ "name": path_name(&path), "path": snapshot })).into_response()
+        }
+        Err(e @ crate::gate::OperatorError::UnknownPath { .. }) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }

@@ -14,6 +14,7 @@ pub mod gate;
 pub mod headers;
 pub mod http;
 pub mod ingress;
+pub mod pacing_gate;
 pub mod queue;
 pub mod routes;
 pub mod scheduler;

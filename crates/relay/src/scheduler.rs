@@ -19,6 +19,30 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 const IDLE_KEEP: Duration = Duration::from_secs(2);
 /// Most jobs taken from the queue per dispatch round.
 const MAX_JOBS_PER_ROUND: usize = 2000;
+/// A pacing hold this short is waited out by the worker (the connection stays
+/// open); a longer one puts the message back in the queue, which costs a spool
+/// write and closes the connection.
+const WAIT_IN_WORKER_MS: i64 = 2_000;
+
+/// How one round of opening a session ended.
+enum Connect {
+    Open(Box<Conn>),
+    /// The job's recipients were finished (retry, bounce or a long hold).
+    Failed,
+    /// Every source is held by pacing for a short while: try again then.
+    WaitUntil(i64),
+}
+
+/// What a worker does with its connection after a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Keep it for the next job.
+    Keep,
+    /// Close it politely (QUIT): pacing holds the path for a while.
+    Quit,
+    /// Drop it: it broke, or the receiver is closing it.
+    Drop,
+}
 
 /// An open session with what it was opened for, holding an outbound slot.
 type Conn = (Session, AttemptContext, PathKey, OwnedSemaphorePermit);
@@ -36,6 +60,9 @@ struct Scheduler {
     domains: Mutex<HashMap<String, Arc<DomainQueue>>>,
     outbound: Arc<Semaphore>,
     next_source: AtomicUsize,
+    /// Provider learned from each MX host's greeting, so the next connection to
+    /// that host is asked about under the right path before it is opened.
+    learned: Mutex<HashMap<String, String>>,
 }
 
 /// Run the scheduler until the task is dropped.
@@ -47,6 +74,7 @@ pub async fn run(shared: Arc<Shared>, router: Arc<Router>, tls: Arc<rustls::Clie
         tls,
         domains: Mutex::new(HashMap::new()),
         next_source: AtomicUsize::new(0),
+        learned: Mutex::new(HashMap::new()),
     });
     loop {
         let now = now_ms();
@@ -122,17 +150,32 @@ impl Scheduler {
         }
     }
 
-    fn pick_source(&self, family_v4: bool) -> Option<(IpAddr, String)> {
-        let sources = &self.shared.config.source;
-        let fitting: Vec<_> = sources
+    /// The sources of the address family, rotated so connections take turns;
+    /// `[None]` when no source is configured (the OS picks the address).
+    fn sources_for(&self, family_v4: bool) -> Vec<Option<(IpAddr, String)>> {
+        let fitting: Vec<_> = self
+            .shared
+            .config
+            .source
             .iter()
             .filter(|s| s.ip.is_ipv4() == family_v4)
+            .map(|s| Some((s.ip, s.ehlo.clone())))
             .collect();
         if fitting.is_empty() {
-            return None;
+            return vec![None];
         }
-        let i = self.next_source.fetch_add(1, Ordering::Relaxed) % fitting.len();
-        Some((fitting[i].ip, fitting[i].ehlo.clone()))
+        let start = self.next_source.fetch_add(1, Ordering::Relaxed) % fitting.len();
+        let mut rotated = fitting[start..].to_vec();
+        rotated.extend_from_slice(&fitting[..start]);
+        rotated
+    }
+
+    fn provider_guess(&self, mx_host: &str) -> String {
+        let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        learned
+            .get(mx_host)
+            .cloned()
+            .unwrap_or_else(|| provider_of(mx_host, None))
     }
 
     async fn worker(&self, domain: &str, dq: &DomainQueue) {
@@ -168,13 +211,24 @@ impl Scheduler {
             let Some((session, ctx, path, _)) = conn.as_mut() else {
                 continue;
             };
-            let ok = self.deliver(session, ctx, path, &job).await;
+            let next = self.deliver(session, ctx, path, &job).await;
             sent += 1;
-            if (!ok || sent >= self.shared.config.relay.messages_per_connection)
+            let per_connection = self
+                .shared
+                .gate
+                .per_connection(path)
+                .unwrap_or(usize::MAX)
+                .min(self.shared.config.relay.messages_per_connection);
+            let next = if next == Next::Keep && sent >= per_connection {
+                Next::Quit
+            } else {
+                next
+            };
+            if next != Next::Keep
                 && let Some((s, _, p, _permit)) = conn.take()
             {
                 self.shared.gate.closed(&p);
-                if ok {
+                if next == Next::Quit {
                     s.quit().await;
                 }
             }
@@ -187,7 +241,21 @@ impl Scheduler {
 
     /// Open a session for `domain`, trying MX hosts in order. On failure the
     /// job's recipients are finished (retry or bounce) and `Err` is returned.
+    /// A short pacing hold on every source is waited out here.
     async fn connect(&self, domain: &str, job: &Job) -> Result<Conn, ()> {
+        loop {
+            match self.try_connect(domain, job).await {
+                Connect::Open(c) => return Ok(*c),
+                Connect::Failed => return Err(()),
+                Connect::WaitUntil(t) => {
+                    let wait = (t - now_ms()).clamp(1, WAIT_IN_WORKER_MS);
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
+            }
+        }
+    }
+
+    async fn try_connect(&self, domain: &str, job: &Job) -> Connect {
         let targets = match self.router.resolve(domain).await {
             Ok(t) => t,
             Err(e) => {
@@ -200,99 +268,132 @@ impl Scheduler {
                 };
                 self.finish_all(job, result, &AttemptContext::default())
                     .await;
-                return Err(());
+                return Connect::Failed;
             }
         };
         let Ok(permit) = self.outbound.clone().acquire_owned().await else {
-            return Err(());
+            return Connect::Failed;
         };
         let mut last: Option<(RcptResult, AttemptContext)> = None;
+        // The earliest time a source held by pacing may connect, with its context.
+        let mut held: Option<(i64, AttemptContext)> = None;
         for target in &targets {
             for addr in &target.addrs {
-                let source = self.pick_source(addr.is_ipv4());
-                let ehlo = source
-                    .as_ref()
-                    .map(|(_, e)| e.clone())
-                    .unwrap_or_else(|| self.shared.config.relay.hostname.clone());
-                let path = PathKey {
-                    source_ip: source.as_ref().map(|(ip, _)| *ip),
-                    provider: provider_of(&target.host, None),
-                };
-                let mut ctx = AttemptContext {
-                    source_ip: path.source_ip,
-                    ehlo: Some(ehlo.clone()),
-                    mx_host: Some(target.host.clone()),
-                    peer_ip: Some(addr.ip()),
-                    provider: Some(path.provider.clone()),
-                    tls: false,
-                };
-                if let GateDecision::HoldUntil(t) = self.shared.gate.may_connect(&path, now_ms()) {
-                    self.finish_all(job, RcptResult::Held { until_ms: t }, &ctx)
+                for source in self.sources_for(addr.is_ipv4()) {
+                    let ehlo = source
+                        .as_ref()
+                        .map(|(_, e)| e.clone())
+                        .unwrap_or_else(|| self.shared.config.relay.hostname.clone());
+                    let path = PathKey {
+                        source_ip: source.as_ref().map(|(ip, _)| *ip),
+                        provider: self.provider_guess(&target.host),
+                    };
+                    let mut ctx = AttemptContext {
+                        source_ip: path.source_ip,
+                        ehlo: Some(ehlo.clone()),
+                        mx_host: Some(target.host.clone()),
+                        peer_ip: Some(addr.ip()),
+                        provider: Some(path.provider.clone()),
+                        tls: false,
+                    };
+                    let decision = self.shared.gate.may_connect(&path, now_ms());
+                    service::write_pacing_changes(&self.shared);
+                    if let GateDecision::HoldUntil(t) = decision {
+                        // Another source may be free to send to this provider.
+                        if held.as_ref().is_none_or(|(h, _)| t < *h) {
+                            held = Some((t, ctx));
+                        }
+                        continue;
+                    }
+                    let timeout = self.shared.config.relay.smtp_timeout;
+                    let mut opened = Session::open(
+                        *addr,
+                        path.source_ip,
+                        &ehlo,
+                        &target.host,
+                        Some(self.tls.clone()),
+                        timeout,
+                    )
+                    .await;
+                    if let Err(SessionError::Tls(e)) = &opened {
+                        // Opportunistic TLS (RFC 7435): a broken handshake falls back
+                        // to plaintext rather than holding mail forever.
+                        tracing::info!(host = target.host, "{e}; retrying without TLS");
+                        opened = Session::open(
+                            *addr,
+                            path.source_ip,
+                            &ehlo,
+                            &target.host,
+                            None,
+                            timeout,
+                        )
                         .await;
-                    return Err(());
-                }
-                let timeout = self.shared.config.relay.smtp_timeout;
-                let mut opened = Session::open(
-                    *addr,
-                    path.source_ip,
-                    &ehlo,
-                    &target.host,
-                    Some(self.tls.clone()),
-                    timeout,
-                )
-                .await;
-                if let Err(SessionError::Tls(e)) = &opened {
-                    // Opportunistic TLS (RFC 7435): a broken handshake falls back
-                    // to plaintext rather than holding mail forever.
-                    tracing::info!(host = target.host, "{e}; retrying without TLS");
-                    opened =
-                        Session::open(*addr, path.source_ip, &ehlo, &target.host, None, timeout)
-                            .await;
-                }
-                match opened {
-                    Ok(s) => {
-                        let provider = provider_of(&target.host, Some(&s.greeting.text()));
-                        let path = PathKey {
-                            provider: provider.clone(),
-                            ..path
-                        };
-                        ctx.provider = Some(provider);
-                        ctx.tls = s.tls;
-                        return Ok((s, ctx, path, permit));
                     }
-                    Err(SessionError::Refused(reply)) => {
-                        let verdict = explain(&reply.text(), Some(&target.host));
-                        self.shared.gate.record(GateOutcome {
-                            path: &path,
-                            now_ms: now_ms(),
-                            verdict: Some(&verdict),
-                            connection_failed: false,
-                        });
-                        // A refusing greeting is about the session, not the
-                        // recipient: move on to the next MX, retry later if all refuse.
-                        last = Some((
-                            RcptResult::ConnectionFailed {
-                                error: format!("{} said: {}", target.host, reply.text()),
-                            },
-                            ctx,
-                        ));
-                    }
-                    Err(e @ (SessionError::Io(_) | SessionError::Tls(_))) => {
-                        self.shared.gate.record(GateOutcome {
-                            path: &path,
-                            now_ms: now_ms(),
-                            verdict: None,
-                            connection_failed: true,
-                        });
-                        last = Some((
-                            RcptResult::ConnectionFailed {
-                                error: format!("{} [{}]: {e}", target.host, addr.ip()),
-                            },
-                            ctx,
-                        ));
+                    match opened {
+                        Ok(s) => {
+                            let provider = provider_of(&target.host, Some(&s.greeting.text()));
+                            self.learned
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(target.host.clone(), provider.clone());
+                            let path = PathKey {
+                                provider: provider.clone(),
+                                ..path
+                            };
+                            self.shared.gate.opened(&path);
+                            ctx.provider = Some(provider);
+                            ctx.tls = s.tls;
+                            return Connect::Open(Box::new((s, ctx, path, permit)));
+                        }
+                        Err(SessionError::Refused(reply)) => {
+                            let verdict = explain(&reply.text(), Some(&target.host));
+                            self.shared.gate.record(GateOutcome {
+                                path: &path,
+                                now_ms: now_ms(),
+                                verdict: Some(&verdict),
+                                connection_failed: false,
+                            });
+                            service::write_pacing_changes(&self.shared);
+                            // A refusing greeting is about the session, not the
+                            // recipient: move on to the next MX, retry later if all refuse.
+                            last = Some((
+                                RcptResult::ConnectionFailed {
+                                    error: format!("{} said: {}", target.host, reply.text()),
+                                },
+                                ctx,
+                            ));
+                        }
+                        Err(e @ (SessionError::Io(_) | SessionError::Tls(_))) => {
+                            self.shared.gate.record(GateOutcome {
+                                path: &path,
+                                now_ms: now_ms(),
+                                verdict: None,
+                                connection_failed: true,
+                            });
+                            service::write_pacing_changes(&self.shared);
+                            last = Some((
+                                RcptResult::ConnectionFailed {
+                                    error: format!("{} [{}]: {e}", target.host, addr.ip()),
+                                },
+                                ctx,
+                            ));
+                        }
                     }
                 }
             }
+        }
+        if last.is_none()
+            && let Some((until, ctx)) = held
+        {
+            // Every source is held by pacing: that is no attempt. A short hold is
+            // waited out here; a long one puts the job back in the queue.
+            drop(permit);
+            if until - now_ms() <= WAIT_IN_WORKER_MS {
+                return Connect::WaitUntil(until);
+            }
+            self.finish_all(job, RcptResult::Held { until_ms: until }, &ctx)
+                .await;
+            return Connect::Failed;
         }
         let (result, ctx) = last.unwrap_or((
             RcptResult::ConnectionFailed {
@@ -301,7 +402,7 @@ impl Scheduler {
             AttemptContext::default(),
         ));
         self.finish_all(job, result, &ctx).await;
-        Err(())
+        Connect::Failed
     }
 
     async fn finish_all(&self, job: &Job, result: RcptResult, ctx: &AttemptContext) {
@@ -309,23 +410,36 @@ impl Scheduler {
         service::finish_attempt(&self.shared, &job.queue_id, results, ctx).await;
     }
 
-    /// Send one job on an open session. Returns false when the session broke or
-    /// the receiver announced it is closing it (421).
+    /// Send one job on an open session, once pacing lets its stream go. Says
+    /// what to do with the session next: drop it when it broke or the receiver
+    /// announced it is closing it (421), quit it when pacing holds the path.
     async fn deliver(
         &self,
         session: &mut Session,
         ctx: &AttemptContext,
         path: &PathKey,
         job: &Job,
-    ) -> bool {
-        if let GateDecision::HoldUntil(t) = self.shared.gate.may_send(path, now_ms()) {
-            self.finish_all(job, RcptResult::Held { until_ms: t }, ctx)
-                .await;
-            return true;
-        }
+    ) -> Next {
         let Some(msg) = self.shared.queue().get(&job.queue_id).cloned() else {
-            return true;
+            return Next::Keep;
         };
+        loop {
+            let now = now_ms();
+            let decision = self.shared.gate.may_send_stream(path, &msg.stream, now);
+            service::write_pacing_changes(&self.shared);
+            match decision {
+                GateDecision::Go => break,
+                // The next token is near: wait for it on the open connection.
+                GateDecision::HoldUntil(t) if t - now <= WAIT_IN_WORKER_MS => {
+                    tokio::time::sleep(Duration::from_millis((t - now).max(1) as u64)).await;
+                }
+                GateDecision::HoldUntil(t) => {
+                    self.finish_all(job, RcptResult::Held { until_ms: t }, ctx)
+                        .await;
+                    return Next::Quit;
+                }
+            }
+        }
         let body = match self.shared.spool.body(&job.queue_id) {
             Ok(Some(b)) => b,
             other => {
@@ -341,7 +455,7 @@ impl Scheduler {
                     ctx,
                 )
                 .await;
-                return true;
+                return Next::Keep;
             }
         };
         let rcpts: Vec<String> = job
@@ -388,8 +502,9 @@ impl Scheduler {
                         )
                     })
                     .collect();
+                service::write_pacing_changes(&self.shared);
                 service::finish_attempt(&self.shared, &job.queue_id, results, &ctx).await;
-                !closing
+                if closing { Next::Drop } else { Next::Keep }
             }
             Err(e) => {
                 self.shared.gate.record(GateOutcome {
@@ -398,6 +513,7 @@ impl Scheduler {
                     verdict: None,
                     connection_failed: true,
                 });
+                service::write_pacing_changes(&self.shared);
                 self.finish_all(
                     job,
                     RcptResult::ConnectionFailed {
@@ -410,7 +526,7 @@ impl Scheduler {
                     &ctx,
                 )
                 .await;
-                false
+                Next::Drop
             }
         }
     }

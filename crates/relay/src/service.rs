@@ -60,6 +60,19 @@ impl Shared {
     }
 }
 
+/// Write the pacing gate's changes since the last call to the event log as
+/// `type: "pacing"` events.
+pub fn write_pacing_changes(shared: &Shared) {
+    let changes = shared.gate.take_changes();
+    if !changes.is_empty() {
+        let events: Vec<Event> = changes
+            .iter()
+            .map(crate::pacing_gate::pacing_event)
+            .collect();
+        shared.events.write_all(&events);
+    }
+}
+
 /// One envelope recipient as submitted.
 #[derive(Debug, Clone)]
 pub struct EnvelopeRecipient {

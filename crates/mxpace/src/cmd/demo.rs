@@ -258,6 +258,11 @@ fn start_sim(exe: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, SocketAddr)>
         "0",
         "--reputation",
         EGRESS[1],
+        // No per-IP connection cap: under the pacing gate the receiver simulator's count
+        // of open connections from an IP drifts above the real one (seen 2026-11-23: 421
+        // 4.7.652 with no connection from that IP open), which would stall the demo.
+        "--per-ip-connections",
+        "0",
         "--ledger",
     ]
     .iter()
@@ -290,7 +295,14 @@ fn relay_config(dir: &Path, sim: SocketAddr) -> String {
          [[source]]\nip = \"{}\"\nehlo = \"mta1.demo.example\"\n\n\
          [[source]]\nip = \"{}\"\nehlo = \"mta2.demo.example\"\n\n\
          {routes}\
-         [retry]\nschedule = [\"1s\", \"2s\", \"4s\", \"8s\"]\nmax_age = \"10m\"\njitter = 0.2\n",
+         [retry]\nschedule = [\"1s\", \"2s\", \"4s\", \"8s\"]\nmax_age = \"10m\"\njitter = 0.2\n\n\
+         # The embedded pacing defaults, with their minutes compressed into seconds.\n\
+         [pacing.provider.microsoft]\n\
+         rate_floor = \"20/min\"\nrate_initial = \"180/min\"\nrate_ceiling = \"300/min\"\n\
+         connections_initial = 2\nconnections_ceiling = 2\n\
+         increase_interval = \"1s\"\nincrease_step = \"20/min\"\nprobe_after = \"5s\"\n\
+         cut_holdoff = \"500ms\"\nslow_down_pause = \"1s\"\npause = \"3s\"\nmax_pause = \"10s\"\n\
+         pause_memory = \"15s\"\nbreaker_cooldown = \"2s\"\nwindow = \"10s\"\nwindow_min_attempts = 10\n",
         EGRESS[0], EGRESS[1]
     )
 }

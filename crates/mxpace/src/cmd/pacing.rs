@@ -6,12 +6,49 @@ use mxpace_events::{Event, EventType};
 use mxpace_pacing::flight::receiver::Reply;
 use mxpace_pacing::flight::{self, POLICIES, Report, scenario::SCENARIOS, scenario::Scenario};
 use mxpace_pacing::{PacingChange, PacingConfig, Trigger};
+use mxpace_relay::http::NamedSnapshot;
+use mxpace_relay::pacing_gate::{parse_path_name, path_name};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags of `mxpace pacing`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The relay's admin API, e.g. `http://127.0.0.1:8025` (default: found through
+    /// the relay config's spool, as `mxpace queue` does).
+    #[arg(long, value_name = "URL", global = true, conflicts_with = "config")]
+    relay: Option<String>,
+    /// Configuration file of the running relay.
+    #[arg(
+        long,
+        short,
+        env = "MXPACE_CONFIG",
+        default_value = "mxpace.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Print JSON (the relay's `GET /v1/pacing` list) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    action: Option<PacingAction>,
+}
+
+/// Steer one path (no subcommand: show every path).
+#[derive(clap::Subcommand, Debug)]
+enum PacingAction {
+    /// Stop a path until it is resumed (held mail stays queued; holds are not attempts).
+    Pause {
+        /// `IP/provider`, e.g. `203.0.113.10/microsoft` (as listed by `mxpace pacing`).
+        path: String,
+    },
+    /// Let a paused or stopped path send again; it ramps up from its floor.
+    Resume {
+        /// `IP/provider`, e.g. `203.0.113.10/microsoft`.
+        path: String,
+    },
+}
 
 /// Flags of `mxpace bench`.
 #[derive(clap::Args, Debug)]
@@ -68,9 +105,122 @@ struct FlightArgs {
     config: Option<PathBuf>,
 }
 
-/// Show or steer pacing paths. Needs the relay, which has not landed yet.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`mxpace pacing` needs the relay, which is not built yet")
+/// Show or steer the running relay's pacing paths through its admin API.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let addr = admin_addr(&args)?;
+    match &args.action {
+        None => {
+            let body = super::relay::http_request(addr, "GET", "/v1/pacing", None)?;
+            if args.json {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).context("the relay's /v1/pacing answer")?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let paths: Vec<NamedSnapshot> =
+                    serde_json::from_slice(&body).context("the relay's /v1/pacing answer")?;
+                print_paths(&paths);
+            }
+        }
+        Some(PacingAction::Pause { path } | PacingAction::Resume { path }) => {
+            let verb = match &args.action {
+                Some(PacingAction::Pause { .. }) => "pause",
+                _ => "resume",
+            };
+            let p = parse_path_name(path).map_err(|e| anyhow::anyhow!(e))?;
+            let url = format!("/v1/pacing/{}/{}/{verb}", p.source_ip, p.provider);
+            let body = super::relay::http_request(addr, "POST", &url, Some(b"{}"))?;
+            if args.json {
+                println!("{}", String::from_utf8_lossy(&body));
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                let state = v["path"]["state"].as_str().unwrap_or("?");
+                println!("{}: {state}", path_name(&p));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the relay's admin API listens: `--relay URL`, else the address the
+/// running relay published in its spool, else `[relay] http` of the config.
+fn admin_addr(args: &Args) -> anyhow::Result<SocketAddr> {
+    if let Some(url) = &args.relay {
+        let hostport = url
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        return hostport
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| format!("--relay {url:?}: expected http://HOST:PORT"));
+    }
+    let config = mxpace_relay::config::Config::load(&args.config)?;
+    let published = std::fs::read_to_string(config.relay.spool.join(mxpace_relay::ADMIN_ADDR_FILE))
+        .ok()
+        .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+    published.or(config.relay.http).with_context(|| {
+        format!(
+            "{}: no running relay's admin address in the spool and no [relay] http",
+            args.config.display()
+        )
+    })
+}
+
+fn print_paths(paths: &[NamedSnapshot]) {
+    if paths.is_empty() {
+        println!("no paths yet (a path appears with the first message sent on it)");
+        return;
+    }
+    println!(
+        "{:<28} {:<9} {:>9} {:>5} {:>6} {:>7} {:<8} {:<20} REASON",
+        "PATH", "STATE", "RATE/MIN", "CONN", "MSG/C", "DEFER%", "BAND", "SINCE"
+    );
+    for p in paths {
+        let s = &p.snapshot;
+        let state = serde_json::to_value(s.state).unwrap_or_default();
+        let band = serde_json::to_value(s.band).unwrap_or_default();
+        let mut reason = s.reason.replace(['\r', '\n'], " ");
+        if let Some(until) = s.until {
+            reason = format!("(until {}) {reason}", utc(until.0));
+        }
+        println!(
+            "{:<28} {:<9} {:>9.1} {:>5} {:>6} {:>6.1}% {:<8} {:<20} {}",
+            p.name,
+            state.as_str().unwrap_or("?"),
+            s.limits.rate_per_min,
+            s.limits.connections,
+            s.limits.per_connection,
+            100.0 * s.deferral_rate,
+            band.as_str().unwrap_or("?"),
+            utc(s.since.0),
+            reason
+        );
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for ms since the epoch (through the events crate's time type).
+fn utc(ms: u64) -> String {
+    let mut e: Event = match serde_json::from_value(serde_json::json!({
+        "type": "pacing", "time": "1970-01-01T00:00:00Z"
+    })) {
+        Ok(e) => e,
+        Err(_) => return ms.to_string(),
+    };
+    e.time += std::time::Duration::from_millis(ms);
+    serde_json::to_value(&e)
+        .ok()
+        .and_then(|v| {
+            v["time"].as_str().map(|t| {
+                t.split('.')
+                    .next()
+                    .unwrap_or(t)
+                    .trim_end_matches('Z')
+                    .to_string()
+                    + "Z"
+            })
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// Run a benchmark; today only the pacing flight simulator.

@@ -5,7 +5,8 @@
 
 use anyhow::{Context, bail};
 use mxpace_relay::config::Config;
-use mxpace_relay::gate::PassThrough;
+use mxpace_relay::gate::{PacingGate, PassThrough};
+use mxpace_relay::pacing_gate::ControllerGate;
 use mxpace_relay::queue::{Filter, GroupStats, Summary, summarize};
 use mxpace_relay::service::{self, AdminAction, Shared};
 use mxpace_relay::spool::{QueuedMessage, Spool, SpoolError};
@@ -80,7 +81,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
-        let handle = mxpace_relay::start(config, Arc::new(PassThrough)).await?;
+        let gate = gate_for(&config)?;
+        let handle = mxpace_relay::start(config, gate).await?;
         {
             let mut out = std::io::stdout().lock();
             for a in &handle.smtp {
@@ -102,6 +104,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         handle.abort();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The pacing controller as configured in `[pacing]` (the default), or no pacing
+/// when `[pacing] enabled = false`.
+pub fn gate_for(config: &Config) -> anyhow::Result<Arc<dyn PacingGate>> {
+    if !config.pacing.enabled() {
+        return Ok(Arc::new(PassThrough));
+    }
+    let pacing = config.pacing.resolve()?;
+    Ok(Arc::new(ControllerGate::new(pacing)))
 }
 
 fn init_tracing() {
@@ -351,7 +363,9 @@ fn summary_from_json(v: &serde_json::Value) -> anyhow::Result<Summary> {
 
 /// A one-shot HTTP/1.1 request to the local admin API. Written by hand: it is
 /// a dozen lines against our own loopback server, not worth an HTTP client crate.
-fn http_request(
+/// One request to the relay's admin API; the body of a 200 answer, else an error
+/// carrying the relay's answer.
+pub(crate) fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
