@@ -7,6 +7,7 @@ use crate::knowledge::{self, Providers};
 use mxpace_events::{Event, EventType, Outcome};
 use mxpace_reply::Verdict;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use time::OffsetDateTime;
@@ -138,6 +139,100 @@ pub struct Sample {
     pub reply: String,
 }
 
+/// One delivery attempt as the analyzer needs it, every text borrowed: built from an
+/// [`Event`] by [`Analyzer::observe`], or straight from a parsed log line by the fast
+/// Postfix path (no event, no copy per line).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptView<'a> {
+    pub time: OffsetDateTime,
+    pub queue_id: &'a str,
+    pub message_id: &'a str,
+    /// Envelope sender ("" for the null sender).
+    pub sender: &'a str,
+    /// The sender is not in the log (its queue line is in an earlier file).
+    pub sender_unknown: bool,
+    pub recipient: &'a str,
+    pub outcome: Option<Outcome>,
+    /// Held by the MTA without a connection: not an attempt on the wire.
+    pub held: bool,
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Receiving host, lower-cased.
+    pub mx_host: Option<&'a str>,
+    /// Provider named by the log itself (used when the host and domain match none).
+    pub provider: Option<&'a str>,
+    pub stream: Option<&'a str>,
+    /// The reply ("" when none).
+    pub reply: &'a str,
+    pub verdict: Option<&'a Verdict>,
+    /// SMTP session identifier, for counting parallel sessions.
+    pub session: Option<&'a str>,
+}
+
+impl<'a> AttemptView<'a> {
+    /// The view of an `attempt` event.
+    pub fn of_event(e: &'a Event) -> Self {
+        AttemptView {
+            time: e.time,
+            queue_id: &e.queue_id,
+            message_id: &e.message_id,
+            sender: &e.sender,
+            sender_unknown: e.extra.contains_key("sender_unknown"),
+            recipient: &e.recipient,
+            outcome: e.outcome,
+            held: e.extra.get("held").and_then(|v| v.as_bool()) == Some(true),
+            source_ip: e.source_ip,
+            mx_host: e.mx_host.as_deref(),
+            provider: e.provider.as_deref(),
+            stream: e.stream.as_deref(),
+            reply: e.reply.as_deref().unwrap_or(""),
+            verdict: e.verdict.as_ref(),
+            session: e.extra.get("session").and_then(|v| v.as_str()),
+        }
+    }
+}
+
+/// The keys of an attempt that depend only on its own line, not on the analyzer's
+/// state: computed on any thread (the Postfix path computes them on the parser threads).
+#[derive(Debug, Clone)]
+pub struct Derived<'a> {
+    /// Recipient domain, lower-cased.
+    pub rcpt_domain: Cow<'a, str>,
+    pub provider: Cow<'a, str>,
+    /// Microsoft datacenter/region named in the reply, lower-cased.
+    pub region: Option<Cow<'a, str>>,
+    /// Template of the reply of an attempt that was not delivered.
+    pub template: Option<String>,
+}
+
+impl<'a> Derived<'a> {
+    /// The keys of an attempt to `recipient` via `mx_host` (lower-cased) that got `reply`.
+    pub fn of(
+        providers: &'a Providers,
+        recipient: &'a str,
+        mx_host: Option<&str>,
+        provider_hint: Option<&str>,
+        reply: &'a str,
+        outcome: Option<Outcome>,
+    ) -> Self {
+        let rcpt_domain = domain_lower(recipient);
+        let mut provider = Cow::Borrowed(providers.recognise(mx_host, &rcpt_domain));
+        if provider == knowledge::OTHER
+            && let Some(p) = provider_hint.filter(|p| !p.is_empty())
+        {
+            provider = Cow::Owned(p.to_ascii_lowercase());
+        }
+        let region = knowledge::microsoft_host(reply).map(|(_, r)| lower(r));
+        let template = (outcome.is_some_and(|o| o != Outcome::Delivered) && !reply.is_empty())
+            .then(|| knowledge::template(reply));
+        Derived {
+            rcpt_domain,
+            provider,
+            region,
+            template,
+        }
+    }
+}
+
 /// Counts of one provider in one time window.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
@@ -229,10 +324,8 @@ struct RecipientState {
 /// The fold over events.
 pub struct Analyzer {
     pub(crate) config: Config,
-    pub(crate) segments: HashMap<Dimension, HashMap<String, Counts>>,
-    /// provider → window start (unix s) → cell.
-    pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
-    pub(crate) templates: HashMap<(String, String), TemplateStats>,
+    /// Segments, cells and templates.
+    pub(crate) tally: Tally,
     pub(crate) anti: [AntiPattern; 4],
     pub(crate) health: QueueHealth,
     pub(crate) first: Option<OffsetDateTime>,
@@ -256,16 +349,24 @@ pub struct Analyzer {
     hasher: rustc_hash::FxBuildHasher,
     since_prune: u64,
     max_open: usize,
+    /// The provider table, shared so that a provider name can be borrowed while the
+    /// counts are updated.
+    providers: std::sync::Arc<Providers>,
+}
+
+/// The text of one sending IP and of its path to each provider.
+struct IpNames {
+    ip: std::sync::Arc<str>,
+    paths: HashMap<String, std::sync::Arc<str>>,
 }
 
 impl Analyzer {
     /// An empty analysis.
     pub fn new(config: Config) -> Self {
         Analyzer {
+            providers: std::sync::Arc::new(config.providers.clone()),
             config,
-            segments: HashMap::default(),
-            cells: HashMap::default(),
-            templates: HashMap::default(),
+            tally: Tally::default(),
             anti: Default::default(),
             health: QueueHealth::default(),
             first: None,
@@ -307,8 +408,86 @@ impl Analyzer {
 
     /// Fold one event.
     pub fn observe(&mut self, e: &Event) {
+        match e.kind {
+            EventType::Attempt => self.observe_attempt(&AttemptView::of_event(e)),
+            EventType::Received if !e.queue_id.is_empty() => {
+                self.observe_received(e.time, &e.queue_id)
+            }
+            _ => {
+                let t = e.time;
+                self.tick(t);
+                match e.kind {
+                    EventType::Expired => {
+                        self.health.expired += 1;
+                        if let Some(state) = self.open.remove(&self.recipient_key(e)) {
+                            self.release_arrival(&e.queue_id);
+                            self.count_retries(state.attempts);
+                        }
+                    }
+                    EventType::Admin if e.outcome == Some(Outcome::Bounced) => {
+                        let key = self.recipient_key(e);
+                        if let Some(state) = self.open.remove(&key) {
+                            self.release_arrival(&e.queue_id);
+                            if state.deferrals == 1 && state.last_deferred {
+                                let example = format!(
+                                    "{} queue {} to {}: removed after a single deferral ({})",
+                                    rfc3339(t),
+                                    e.queue_id,
+                                    e.recipient,
+                                    state.last_reply
+                                );
+                                self.flag(0, example);
+                            }
+                            self.count_retries(state.attempts);
+                        }
+                    }
+                    _ => {}
+                }
+                self.after_event();
+            }
+        }
+    }
+
+    /// Fold the arrival of a message (a `received` event) in the queue.
+    pub fn observe_received(&mut self, t: OffsetDateTime, queue_id: &str) {
+        self.tick(t);
+        let key = self.hasher.hash_one(queue_id);
+        self.arrivals
+            .entry(key)
+            .or_insert(Arrival { time: t, open: 0 });
+        self.after_event();
+    }
+
+    /// Fold one delivery attempt (an `attempt` event).
+    pub fn observe_attempt(&mut self, a: &AttemptView<'_>) {
+        let providers = self.providers();
+        let derived = Derived::of(
+            &providers,
+            a.recipient,
+            a.mx_host,
+            a.provider,
+            a.reply,
+            a.outcome,
+        );
+        self.observe_derived(a, derived);
+    }
+
+    /// Fold one delivery attempt whose line-only keys were computed already (by
+    /// [`Derived::of`] with [`Analyzer::providers`]).
+    pub fn observe_derived(&mut self, a: &AttemptView<'_>, derived: Derived<'_>) {
+        self.tick(a.time);
+        self.attempt(a, derived);
+        self.after_event();
+    }
+
+    /// The provider table, to compute [`Derived`] keys on other threads.
+    pub fn providers(&self) -> std::sync::Arc<Providers> {
+        std::sync::Arc::clone(&self.providers)
+    }
+
+    /// Count an event at `t` and track the span and order of the log.
+    fn tick(&mut self, t: OffsetDateTime) {
         self.events += 1;
-        let t = e.time;
         match self.last {
             // Five minutes of slack: syslog from several hosts interleaves slightly.
             Some(last) if (last - t).whole_seconds() > 300 => self.out_of_order += 1,
@@ -318,40 +497,9 @@ impl Analyzer {
         if self.first.is_none_or(|f| t < f) {
             self.first = Some(t);
         }
-        match e.kind {
-            EventType::Received if !e.queue_id.is_empty() => {
-                let key = self.hasher.hash_one(&e.queue_id);
-                self.arrivals
-                    .entry(key)
-                    .or_insert(Arrival { time: t, open: 0 });
-            }
-            EventType::Attempt => self.attempt(e),
-            EventType::Expired => {
-                self.health.expired += 1;
-                if let Some(state) = self.open.remove(&self.recipient_key(e)) {
-                    self.release_arrival(&e.queue_id);
-                    self.count_retries(state.attempts);
-                }
-            }
-            EventType::Admin if e.outcome == Some(Outcome::Bounced) => {
-                let key = self.recipient_key(e);
-                if let Some(state) = self.open.remove(&key) {
-                    self.release_arrival(&e.queue_id);
-                    if state.deferrals == 1 && state.last_deferred {
-                        let example = format!(
-                            "{} queue {} to {}: removed after a single deferral ({})",
-                            rfc3339(t),
-                            e.queue_id,
-                            e.recipient,
-                            state.last_reply
-                        );
-                        self.flag(0, example);
-                    }
-                    self.count_retries(state.attempts);
-                }
-            }
-            _ => {}
-        }
+    }
+
+    fn after_event(&mut self) {
         self.since_prune += 1;
         // Pruning walks the open state: do it when as many events have passed as there
         // are entries, so its cost stays proportional to the input.
@@ -361,125 +509,44 @@ impl Analyzer {
         }
     }
 
-    fn attempt(&mut self, e: &Event) {
-        if e.extra.get("held").and_then(|v| v.as_bool()) == Some(true) {
+    fn attempt(&mut self, e: &AttemptView<'_>, derived: Derived<'_>) {
+        if e.held {
             // Held by the MTA without a connection: not an attempt on the wire.
             self.held += 1;
             return;
         }
         let Some(outcome) = e.outcome else { return };
-        let t = e.time;
-        let deferred = matches!(outcome, Outcome::Deferred | Outcome::ConnectionFailed);
-        let rcpt_domain = mxpace_events::readers::domain_of(&e.recipient);
-        let sender_domain = mxpace_events::readers::domain_of(&e.sender);
-        let reply = e.reply.as_deref().unwrap_or("");
-        let mut provider = self
-            .config
-            .providers
-            .recognise(e.mx_host.as_deref(), &rcpt_domain)
-            .to_string();
-        if provider == knowledge::OTHER
-            && let Some(p) = e.provider.as_deref().filter(|p| !p.is_empty())
-        {
-            provider = p.to_ascii_lowercase();
-        }
-        let ip = e
-            .source_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let region = knowledge::microsoft_host(reply).map(|(_, r)| r.to_ascii_lowercase());
-        let stream = e.stream.as_deref();
-        let path = format!("{ip} → {provider}");
+        self.tally.add(&self.config, e, &derived, outcome, true);
+        self.ordered(e, &derived.provider, outcome);
+    }
 
-        let keys: [(Dimension, Option<&str>); 8] = [
-            (Dimension::Provider, Some(&provider)),
-            (Dimension::Path, Some(&path)),
-            (Dimension::SourceIp, Some(&ip)),
-            (
-                Dimension::SenderDomain,
-                Some(if e.extra.contains_key("sender_unknown") {
-                    "unknown"
-                } else if sender_domain.is_empty() {
-                    "<>"
-                } else {
-                    &sender_domain
-                }),
-            ),
-            (Dimension::RecipientDomain, Some(&rcpt_domain)),
-            (Dimension::MxHost, e.mx_host.as_deref()),
-            (Dimension::Region, region.as_deref()),
-            (Dimension::Stream, stream),
-        ];
-        for (dim, key) in keys {
-            if let Some(key) = key {
-                bump(self.segments.entry(dim).or_default(), key, deferred);
-            }
+    /// Fold a delivery attempt whose order-free counts, except those by sender domain,
+    /// are already in a [`Tally`] (merged with [`Analyzer::merge_tally`]).
+    pub fn observe_tallied(&mut self, e: &AttemptView<'_>, provider: &str) {
+        self.tick(e.time);
+        if e.held {
+            self.held += 1;
+        } else if let Some(outcome) = e.outcome {
+            self.tally
+                .add_sender(&self.config, e, provider, is_deferral(outcome));
+            self.ordered(e, provider, outcome);
         }
+        self.after_event();
+    }
 
-        let window =
-            t.unix_timestamp().div_euclid(self.config.window_secs) * self.config.window_secs;
-        let cell = self
-            .cells
-            .entry(provider.clone())
-            .or_default()
-            .entry(window)
-            .or_default();
-        cell.total.add(deferred);
-        let cell_keys = [
-            Some(ip.as_str()),
-            Some(sender_domain.as_str()),
-            Some(rcpt_domain.as_str()),
-            region.as_deref(),
-            stream,
-        ];
-        for (i, key) in cell_keys.into_iter().enumerate() {
-            if let Some(key) = key {
-                bump(&mut cell.by[i], key, deferred);
-            }
+    /// Add a tally of attempts that come after every attempt folded so far.
+    pub fn merge_tally(&mut self, other: Tally) {
+        self.tally.merge(other, self.config.examples);
+    }
+
+    /// The part of an attempt that depends on the order of the log: sessions, the
+    /// recipient's retries, its end.
+    fn ordered(&mut self, e: &AttemptView<'_>, provider: &str, outcome: Outcome) {
+        if let Some(session) = e.session {
+            let (ip, _) = self.tally.ip_and_path(e.source_ip, provider);
+            self.session(&ip, provider, e.time, session);
         }
-        let sample = || Sample {
-            time: t,
-            queue_id: e.queue_id.clone(),
-            recipient: e.recipient.clone(),
-            source_ip: e.source_ip.map(|i| i.to_string()),
-            mx_host: e.mx_host.clone(),
-            reply: reply.to_string(),
-        };
-        if deferred && cell.samples.len() < self.config.examples {
-            cell.samples.push(sample());
-        }
-        if outcome != Outcome::Delivered && !reply.is_empty() {
-            let template = knowledge::template(reply);
-            match self
-                .templates
-                .get_mut(&(provider.clone(), template.clone()))
-            {
-                Some(stats) => {
-                    stats.count += 1;
-                    stats.deferred += deferred as u64;
-                }
-                None => {
-                    let verdict = e
-                        .verdict
-                        .clone()
-                        .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host.as_deref()));
-                    self.templates.insert(
-                        (provider.clone(), template),
-                        TemplateStats {
-                            provider: provider.clone(),
-                            count: 1,
-                            deferred: deferred as u64,
-                            sample: sample(),
-                            verdict,
-                        },
-                    );
-                }
-            }
-        }
-        if let Some(session) = e.extra.get("session").and_then(|v| v.as_str()) {
-            self.session(&ip, &provider, t, session);
-        }
-        self.recipient(e, outcome, deferred, reply);
+        self.recipient(e, outcome, is_deferral(outcome), e.reply);
     }
 
     fn session(&mut self, ip: &str, provider: &str, t: OffsetDateTime, session: &str) {
@@ -502,9 +569,9 @@ impl Analyzer {
         }
     }
 
-    fn recipient(&mut self, e: &Event, outcome: Outcome, deferred: bool, reply: &str) {
+    fn recipient(&mut self, e: &AttemptView<'_>, outcome: Outcome, deferred: bool, reply: &str) {
         let t = e.time;
-        let key = self.recipient_key(e);
+        let key = self.hasher.hash_one((e.queue_id, e.recipient));
         let state = self.open.entry(key).or_insert_with(|| RecipientState {
             first: t,
             last: t,
@@ -535,7 +602,7 @@ impl Analyzer {
             state.deferrals += 1;
             state.last_reply = truncate(reply, 120);
             let first = state.first;
-            let qid = self.hasher.hash_one(&e.queue_id);
+            let qid = self.hasher.hash_one(e.queue_id);
             let arrival = match self.arrivals.get_mut(&qid) {
                 Some(a) => {
                     a.open += first_attempt as u32;
@@ -549,19 +616,19 @@ impl Analyzer {
         let state = self.open.remove(&key).expect("present");
         let arrived = if first_attempt {
             self.arrivals
-                .get(&self.hasher.hash_one(&e.queue_id))
+                .get(&self.hasher.hash_one(e.queue_id))
                 .map(|a| a.time)
         } else {
             let time = self
                 .arrivals
-                .get(&self.hasher.hash_one(&e.queue_id))
+                .get(&self.hasher.hash_one(e.queue_id))
                 .map(|a| a.time);
-            self.release_arrival(&e.queue_id);
+            self.release_arrival(e.queue_id);
             time
         };
         if first_attempt {
             // Never counted as open: nothing to release; drop the arrival if it was the last.
-            let qid = self.hasher.hash_one(&e.queue_id);
+            let qid = self.hasher.hash_one(e.queue_id);
             if self.arrivals.get(&qid).is_some_and(|a| a.open == 0) {
                 self.arrivals.remove(&qid);
             }
@@ -579,11 +646,11 @@ impl Analyzer {
                 };
                 self.health.time_to_deliver[age_bucket((t - arrival).whole_seconds())] += 1;
                 let message = if e.message_id.is_empty() {
-                    &e.queue_id
+                    e.queue_id
                 } else {
-                    &e.message_id
+                    e.message_id
                 };
-                let key = self.hasher.hash_one((message, &e.recipient));
+                let key = self.hasher.hash_one((message, e.recipient));
                 let since = *self.delivered_since.get_or_insert(t);
                 if (t - since).whole_seconds() > DUPLICATE_HORIZON_SECS {
                     self.delivered.swap(0, 1);
@@ -631,7 +698,9 @@ impl Analyzer {
     }
 
     fn recipient_key(&self, e: &Event) -> u64 {
-        self.hasher.hash_one((&e.queue_id, &e.recipient))
+        // Same hash as for an attempt view: (&str, &str).
+        self.hasher
+            .hash_one((e.queue_id.as_str(), e.recipient.as_str()))
     }
 
     fn count_retries(&mut self, attempts: u32) {
@@ -672,6 +741,224 @@ impl Analyzer {
     }
 }
 
+fn is_deferral(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Deferred | Outcome::ConnectionFailed)
+}
+
+/// The counts that are plain sums over attempts (segments, provider × window cells,
+/// reply templates): they do not depend on the order of the log beyond keeping the
+/// first samples, so tallies of consecutive parts of a log merge into the tally of the
+/// whole. The parser threads keep one per piece of the log.
+#[derive(Default)]
+pub struct Tally {
+    pub(crate) segments: HashMap<Dimension, HashMap<String, Counts>>,
+    /// provider → window start (unix s) → cell.
+    pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
+    pub(crate) templates: HashMap<(String, String), TemplateStats>,
+    /// Text of each sending IP and of its paths, made once.
+    ip_names: HashMap<Option<std::net::IpAddr>, IpNames>,
+}
+
+impl Tally {
+    /// Count one attempt (not held; `outcome` is `e.outcome`). Without `with_sender` the
+    /// counts by sender domain are left out (they need the queue's correlation, which
+    /// is done in order; see [`Tally::add_sender`]).
+    pub fn add(
+        &mut self,
+        config: &Config,
+        e: &AttemptView<'_>,
+        derived: &Derived<'_>,
+        outcome: Outcome,
+        with_sender: bool,
+    ) {
+        let t = e.time;
+        let deferred = is_deferral(outcome);
+        let provider: &str = &derived.provider;
+        let rcpt_domain: &str = &derived.rcpt_domain;
+        let region = derived.region.as_deref();
+        let sender_domain = domain_lower(e.sender);
+        let reply = e.reply;
+        let (ip, path) = self.ip_and_path(e.source_ip, provider);
+        let stream = e.stream;
+        let sender_key = sender_key(e, &sender_domain);
+
+        let keys: [(Dimension, Option<&str>); 8] = [
+            (Dimension::Provider, Some(provider)),
+            (Dimension::Path, Some(&path)),
+            (Dimension::SourceIp, Some(&ip)),
+            (Dimension::SenderDomain, with_sender.then_some(sender_key)),
+            (Dimension::RecipientDomain, Some(rcpt_domain)),
+            (Dimension::MxHost, e.mx_host),
+            (Dimension::Region, region),
+            (Dimension::Stream, stream),
+        ];
+        for (dim, key) in keys {
+            if let Some(key) = key {
+                bump(self.segments.entry(dim).or_default(), key, deferred);
+            }
+        }
+
+        let cell = cell_mut(&mut self.cells, config, provider, t);
+        cell.total.add(deferred);
+        let cell_keys = [
+            Some(&*ip),
+            with_sender.then_some(sender_domain.as_ref()),
+            Some(rcpt_domain),
+            region,
+            stream,
+        ];
+        for (i, key) in cell_keys.into_iter().enumerate() {
+            if let Some(key) = key {
+                bump(&mut cell.by[i], key, deferred);
+            }
+        }
+        let sample = || Sample {
+            time: t,
+            queue_id: e.queue_id.to_string(),
+            recipient: e.recipient.to_string(),
+            source_ip: e.source_ip.map(|i| i.to_string()),
+            mx_host: e.mx_host.map(str::to_string),
+            reply: reply.to_string(),
+        };
+        if deferred && cell.samples.len() < config.examples {
+            cell.samples.push(sample());
+        }
+        if let Some(template) = &derived.template {
+            let key = (provider.to_string(), template.clone());
+            match self.templates.get_mut(&key) {
+                Some(stats) => {
+                    stats.count += 1;
+                    stats.deferred += deferred as u64;
+                }
+                None => {
+                    let verdict = e
+                        .verdict
+                        .cloned()
+                        .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host));
+                    self.templates.insert(
+                        key,
+                        TemplateStats {
+                            provider: provider.to_string(),
+                            count: 1,
+                            deferred: deferred as u64,
+                            sample: sample(),
+                            verdict,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The counts by sender domain that [`Tally::add`] leaves out without `with_sender`.
+    pub fn add_sender(
+        &mut self,
+        config: &Config,
+        e: &AttemptView<'_>,
+        provider: &str,
+        deferred: bool,
+    ) {
+        let sender_domain = domain_lower(e.sender);
+        let key = sender_key(e, &sender_domain);
+        bump(
+            self.segments.entry(Dimension::SenderDomain).or_default(),
+            key,
+            deferred,
+        );
+        let cell = cell_mut(&mut self.cells, config, provider, e.time);
+        bump(&mut cell.by[1], &sender_domain, deferred);
+    }
+
+    /// Add the tally of the attempts that follow this one's.
+    fn merge(&mut self, other: Tally, examples: usize) {
+        for (dim, map) in other.segments {
+            let mine = self.segments.entry(dim).or_default();
+            for (key, counts) in map {
+                mine.entry(key).or_default().merge(counts);
+            }
+        }
+        for (provider, windows) in other.cells {
+            let mine = self.cells.entry(provider).or_default();
+            for (window, cell) in windows {
+                let into = mine.entry(window).or_default();
+                into.total.merge(cell.total);
+                for (i, by) in cell.by.into_iter().enumerate() {
+                    for (key, counts) in by {
+                        into.by[i].entry(key).or_default().merge(counts);
+                    }
+                }
+                let room = examples.saturating_sub(into.samples.len());
+                into.samples.extend(cell.samples.into_iter().take(room));
+            }
+        }
+        for (key, stats) in other.templates {
+            match self.templates.get_mut(&key) {
+                Some(into) => {
+                    into.count += stats.count;
+                    into.deferred += stats.deferred;
+                }
+                None => {
+                    self.templates.insert(key, stats);
+                }
+            }
+        }
+    }
+
+    /// The text of a sending IP and of its path to `provider`, made once per pair.
+    fn ip_and_path(
+        &mut self,
+        source_ip: Option<std::net::IpAddr>,
+        provider: &str,
+    ) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+        let names = self.ip_names.entry(source_ip).or_insert_with(|| IpNames {
+            ip: source_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "unknown".into())
+                .into(),
+            paths: HashMap::default(),
+        });
+        let path = match names.paths.get(provider) {
+            Some(path) => path.clone(),
+            None => {
+                let path: std::sync::Arc<str> = format!("{} → {provider}", names.ip).into();
+                names.paths.insert(provider.to_string(), path.clone());
+                path
+            }
+        };
+        (names.ip.clone(), path)
+    }
+}
+
+/// The segment key of the sender: its domain, `<>` for the null sender, `unknown` when
+/// the queue line is not in the log.
+fn sender_key<'a>(e: &AttemptView<'_>, sender_domain: &'a str) -> &'a str {
+    if e.sender_unknown {
+        "unknown"
+    } else if sender_domain.is_empty() {
+        "<>"
+    } else {
+        sender_domain
+    }
+}
+
+/// The cell of `provider` for the window holding `t`, created if new.
+fn cell_mut<'m>(
+    cells: &'m mut HashMap<String, BTreeMap<i64, Cell>>,
+    config: &Config,
+    provider: &str,
+    t: OffsetDateTime,
+) -> &'m mut Cell {
+    let window = t.unix_timestamp().div_euclid(config.window_secs) * config.window_secs;
+    if !cells.contains_key(provider) {
+        cells.insert(provider.to_string(), BTreeMap::new());
+    }
+    cells
+        .get_mut(provider)
+        .expect("inserted above")
+        .entry(window)
+        .or_default()
+}
+
 fn bump(map: &mut HashMap<String, Counts>, key: &str, deferred: bool) {
     match map.get_mut(key) {
         Some(c) => c.add(deferred),
@@ -680,6 +967,23 @@ fn bump(map: &mut HashMap<String, Counts>, key: &str, deferred: bool) {
             c.add(deferred);
             map.insert(key.to_string(), c);
         }
+    }
+}
+
+/// The domain of an address, lower-cased, borrowed when it already is (same result as
+/// [`mxpace_events::readers::domain_of`]).
+fn domain_lower(address: &str) -> Cow<'_, str> {
+    match address.rsplit_once('@') {
+        Some((_, d)) => lower(d.trim_end_matches('>')),
+        None => Cow::Borrowed(""),
+    }
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 

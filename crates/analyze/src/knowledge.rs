@@ -231,9 +231,17 @@ pub fn basic_code(reply: &str) -> Option<u16> {
 /// The Microsoft receiving host named in a reply (`[BL6PEPF0001AB50.namprd04.prod.outlook.com …]`
 /// or `Hostname=…`) and its datacenter/region label (`namprd04`, `eop-nam11`).
 pub fn microsoft_host(reply: &str) -> Option<(&str, &str)> {
-    let at = reply
-        .find(".prod.outlook.com")
-        .or_else(|| reply.find(".prod.protection.outlook.com"))?;
+    // Runs on every attempt: memmem with the needles' searchers built once.
+    static OUTLOOK: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(".prod.outlook.com"),
+                memchr::memmem::Finder::new(".prod.protection.outlook.com"),
+            ]
+        });
+    let at = OUTLOOK[0]
+        .find(reply.as_bytes())
+        .or_else(|| OUTLOOK[1].find(reply.as_bytes()))?;
     let start = reply[..at].rfind(['[', ' ', '=', '(']).map_or(0, |i| i + 1);
     let tail = &reply[at..];
     let end = at + tail.find([' ', ']', ',', ')']).unwrap_or(tail.len());

@@ -16,7 +16,7 @@ pub mod run;
 pub mod svg;
 pub mod triage;
 
-pub use aggregate::{Analyzer, Config, Counts, Dimension};
+pub use aggregate::{Analyzer, Config, Counts, Dimension, Tally};
 pub use knowledge::{Bands, Providers};
 pub use report::{Band, Report};
 pub use triage::Verdict;

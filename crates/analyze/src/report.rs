@@ -158,7 +158,7 @@ impl Report {
         };
         let mut segments = Vec::new();
         for dim in Dimension::ALL {
-            let Some(map) = analyzer.segments.get(&dim) else {
+            let Some(map) = analyzer.tally.segments.get(&dim) else {
                 continue;
             };
             let mut rows: Vec<(&String, &Counts)> = map.iter().collect();
@@ -216,6 +216,7 @@ impl Report {
         };
 
         let mut templates: Vec<TemplateReport> = analyzer
+            .tally
             .templates
             .iter()
             .map(|((provider, template), s)| TemplateReport {
@@ -276,11 +277,11 @@ impl Report {
 fn series(analyzer: &Analyzer) -> Vec<Series> {
     let providers = &analyzer.config.providers;
     let mut out = Vec::new();
-    let mut names: Vec<&String> = analyzer.cells.keys().collect();
+    let mut names: Vec<&String> = analyzer.tally.cells.keys().collect();
     names.sort();
     for provider in &names {
         let bands = providers.bands(provider);
-        let points = analyzer.cells[*provider]
+        let points = analyzer.tally.cells[*provider]
             .iter()
             .map(|(start, cell)| Point {
                 start: *start,
@@ -298,7 +299,7 @@ fn series(analyzer: &Analyzer) -> Vec<Series> {
     for provider in &names {
         let bands = providers.bands(provider);
         let mut per_ip: BTreeMap<&str, Vec<Point>> = BTreeMap::new();
-        for (start, cell) in &analyzer.cells[*provider] {
+        for (start, cell) in &analyzer.tally.cells[*provider] {
             for (ip, c) in &cell.by[0] {
                 per_ip.entry(ip).or_default().push(Point {
                     start: *start,

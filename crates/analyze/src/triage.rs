@@ -87,10 +87,10 @@ impl Default for Rules {
 pub fn incidents(analyzer: &Analyzer, rules: &Rules) -> Vec<Incident> {
     let window = analyzer.config.window_secs;
     let mut found = Vec::new();
-    let mut providers: Vec<&String> = analyzer.cells.keys().collect();
+    let mut providers: Vec<&String> = analyzer.tally.cells.keys().collect();
     providers.sort();
     for provider in providers {
-        let cells = &analyzer.cells[provider];
+        let cells = &analyzer.tally.cells[provider];
         let bands = analyzer.config.providers.bands(provider);
         let mut run: Vec<i64> = Vec::new();
         for (&start, cell) in cells {
@@ -205,7 +205,7 @@ fn judge(
     rules: &Rules,
 ) -> Incident {
     let window = analyzer.config.window_secs;
-    let cells = &analyzer.cells[provider];
+    let cells = &analyzer.tally.cells[provider];
     let (first, last) = (windows[0], *windows.last().expect("non-empty run"));
     let t = sum(
         cells.range(first..=last).map(|(k, c)| (*k, c.clone())),
@@ -302,7 +302,7 @@ fn judge(
     if let Some((ip, _, _)) = top(&t.by[ip_i], t.total.deferred) {
         let per_window = |from: i64, to: i64| -> f64 {
             let mut attempts = 0u64;
-            for cells in analyzer.cells.values() {
+            for cells in analyzer.tally.cells.values() {
                 for (_, cell) in cells.range(from..to) {
                     attempts += cell.by[ip_i].get(ip).map_or(0, |c| c.attempts);
                 }
@@ -328,7 +328,7 @@ fn judge(
         }
         let mut elsewhere = Counts::default();
         let mut names = Vec::new();
-        for (other, cells) in &analyzer.cells {
+        for (other, cells) in &analyzer.tally.cells {
             if other == provider {
                 continue;
             }
@@ -360,6 +360,7 @@ fn judge(
     }
 
     let mut templates: Vec<_> = analyzer
+        .tally
         .templates
         .values()
         .filter(|s| s.provider == provider && s.deferred > 0)

@@ -257,11 +257,40 @@ fn too_many_parallel_sessions_to_one_provider() {
     assert_eq!(anti(&quiet, "over-concurrency"), 0);
 }
 
+/// Read `path` in one mode and return the whole report as JSON.
+fn report_json(path: &std::path::Path, parallel: bool, chunk_bytes: usize) -> serde_json::Value {
+    let mut options = Options::new();
+    options.parallel = parallel;
+    options.chunk_bytes = chunk_bytes;
+    options.reader.year = Some(2026);
+    let mut analyzer = Analyzer::new(Config::default());
+    let outcome = run::read_all(
+        &[path.to_path_buf()],
+        &options,
+        &mut analyzer,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let report = Report::build(
+        &analyzer,
+        &outcome.stats,
+        vec![path.display().to_string()],
+        "postfix",
+    );
+    serde_json::to_value(&report).unwrap()
+}
+
 #[test]
-fn parallel_and_sequential_reads_agree() {
-    let mut s = base();
-    s.minutes = 40;
-    s.rules.push(DeferRule {
+fn parallel_and_sequential_reads_give_the_same_report() {
+    // Every kind of record and anti-pattern, and interleaved noise from other daemons,
+    // so that the ordered state (queue IDs, open recipients, sessions, duplicates) is
+    // exercised across chunk and piece boundaries.
+    let mut retries = base();
+    retries.minutes = 40;
+    retries.retry_secs = 30;
+    retries.duplicate_every = Some(50);
+    retries.noise_per_sec = 2.0;
+    retries.rules.push(DeferRule {
         from_minute: 10,
         to_minute: 30,
         ip: Some(ip(2)),
@@ -269,31 +298,94 @@ fn parallel_and_sequential_reads_agree() {
         probability: 0.7,
         ..Default::default()
     });
-    let (a, _) = analyze(&s, true);
-    let (b, _) = analyze(&s, false);
+    let mut suppressing = retries.clone();
+    suppressing.retry_secs = 600;
+    suppressing.suppress_after_4xx = true;
+    suppressing.duplicate_every = None;
+    for (name, s) in [("retries", retries), ("suppressing", suppressing)] {
+        same_report_in_every_mode(name, &s);
+    }
+}
+
+fn same_report_in_every_mode(name: &str, s: &Scenario) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.log");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let truth = write_postfix(s, &mut file).unwrap();
+    file.flush().unwrap();
+    drop(file);
+    let size = std::fs::metadata(&path).unwrap().len();
+    // Chunks of 64 KiB: the log spans many chunks, so a message's lines (queued in one
+    // chunk, deferred, retried and delivered in later ones) straddle chunk boundaries.
     assert!(
-        a.input.bytes > 20 * 64 * 1024,
-        "the log must span many chunks"
+        size > 20 * 64 * 1024,
+        "{name}: the log must span many chunks"
     );
+    assert!(
+        truth.suppressed + truth.fast_retries > 0 && truth.deferrals > 0,
+        "{name}: {truth:?}"
+    );
+    let sequential = report_json(&path, false, 64 * 1024);
+    assert!(sequential["anti_patterns"].as_array().unwrap().len() == 4);
+    for chunk in [4096, 64 * 1024, 8 << 20] {
+        let parallel = report_json(&path, true, chunk);
+        assert!(
+            parallel == sequential,
+            "{name}, chunks of {chunk} bytes: the parallel report differs from the sequential one"
+        );
+    }
+}
+
+/// A log across New Year with a late December line after the first January ones: the
+/// parser threads guess the year of each line from the state at the start of their
+/// chunk, and the ordered fold must correct a wrong guess (here, the late line belongs
+/// to the new year by the tracker's rule) so that both modes agree.
+#[test]
+fn parallel_read_across_new_year_agrees_with_sequential() {
+    let reply = "451 4.7.500 Server busy. Please try again later from [198.51.100.2]. (S77714) [BL6PEPF0001AB50.namprd04.prod.outlook.com 2026-12-31T23:58:00.000Z 08DE0A1B2C3D4E5F]";
+    let stamps = [
+        "Dec 31 23:58:00",
+        "Dec 31 23:58:30",
+        "Dec 31 23:59:10",
+        "Jan  1 00:00:05",
+        "Dec 31 23:59:59",
+        "Jan  1 00:01:00",
+        "Jan  1 00:02:00",
+        "Jan  1 00:12:00",
+    ];
+    let mut log = String::new();
+    for (i, stamp) in stamps.iter().enumerate() {
+        let qid = format!("A{i:04}BCDEF");
+        log.push_str(&format!(
+            "{stamp} mx1 postfix/cleanup[2101]: {qid}: message-id=<{i}@news.example.net>\n\
+             {stamp} mx1 postfix/qmgr[2102]: {qid}: from=<bounce@news.example.net>, size=4000, nrcpt=1 (queue active)\n\
+             {stamp} mx1 postfix-198.51.100.2/smtp[{pid}]: {qid}: to=<user{i}@tenant1.example.com>, relay=tenant1-example-com.mail.protection.outlook.com[52.101.1.10]:25, delay=0, delays=0.1/0/0.3/0.2, tls=may, dsn=4.7.500, status=deferred (host tenant1-example-com.mail.protection.outlook.com[52.101.1.10] said: {reply} (in reply to RCPT TO command))\n",
+            pid = 3000 + i
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.log");
+    std::fs::write(&path, log).unwrap();
+    let sequential = report_json(&path, false, 4096);
+    // Windows of 10 min: 2026-12-31T23:50Z = 1798761000 (the December lines, the late
+    // one included), 2027-01-01T00:00Z = 1798761600 and 00:10Z = 1798762200.
+    let windows = sequential["series"][0]["points"].to_string();
+    let starts: Vec<i64> = sequential["series"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["start"].as_i64().unwrap())
+        .collect();
     assert_eq!(
-        serde_json::to_value(&a.segments).unwrap(),
-        serde_json::to_value(&b.segments).unwrap()
+        starts,
+        [1798761000, 1798761600, 1798762200],
+        "windows across New Year: {windows}"
     );
-    assert_eq!(
-        serde_json::to_value(&a.incidents).unwrap(),
-        serde_json::to_value(&b.incidents).unwrap()
-    );
-    assert_eq!(a.queue_health.delivered, b.queue_health.delivered);
-    assert_eq!(
-        a.queue_health
-            .retry_count
-            .iter()
-            .map(|x| x.count)
-            .collect::<Vec<_>>(),
-        b.queue_health
-            .retry_count
-            .iter()
-            .map(|x| x.count)
-            .collect::<Vec<_>>()
-    );
+    for chunk in [4096, 1 << 20] {
+        let parallel = report_json(&path, true, chunk);
+        assert!(
+            parallel == sequential,
+            "chunks of {chunk} bytes: the parallel report differs from the sequential one"
+        );
+    }
 }

@@ -6,9 +6,14 @@
 //! machine where other processes take turns on the cores.
 //!
 //! `throughput --passes N` instead runs exactly N passes over the corpus after building
-//! the engine, for instruction counts that do not depend on the machine's load:
-//! `valgrind --tool=callgrind --toggle-collect='*Engine::explain*' … --passes 20`,
-//! then instructions per reply = collected Ir / (N × corpus entries).
+//! the engine, for instruction counts that do not depend on the machine's load: run it
+//! under `valgrind --tool=callgrind` with `--passes 20` and with `--passes 0`; the
+//! difference of the two totals divided by 20 × corpus entries is the instructions per
+//! reply (everything the caller pays, including dropping the result), whatever the
+//! compiler inlined. `scripts/reply-instructions` does exactly that.
+//!
+//! `--classify` (first argument) measures [`mxpace_reply::classify`] (no owned
+//! verdict) instead of [`mxpace_reply::explain`].
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -33,7 +38,23 @@ fn thread_cpu_ns() -> Option<u64> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let classify_only = args.first().map(String::as_str) == Some("--classify");
+    if classify_only {
+        args.remove(0);
+    }
+    // One reply, as the caller would: the owned verdict, or only the classification.
+    let one = |case: &Case| {
+        if classify_only {
+            let c = mxpace_reply::classify(black_box(&case.reply), case.mx.as_deref());
+            black_box((c.action, c.category, c.scope, c.throttle, c.rule, c.code()));
+        } else {
+            black_box(mxpace_reply::explain(
+                black_box(&case.reply),
+                case.mx.as_deref(),
+            ));
+        }
+    };
     let cases = toml::from_str::<Corpus>(CORPUS)
         .expect("corpus parses")
         .case;
@@ -41,12 +62,7 @@ fn main() {
         let passes: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
         let _ = mxpace_reply::embedded_engine(); // build outside the counted calls
         for _ in 0..passes {
-            for case in &cases {
-                black_box(mxpace_reply::explain(
-                    black_box(&case.reply),
-                    case.mx.as_deref(),
-                ));
-            }
+            cases.iter().for_each(one);
         }
         println!("replies: {}", passes * cases.len() as u64);
         return;
@@ -56,12 +72,7 @@ fn main() {
         let (start, cpu0) = (Instant::now(), thread_cpu_ns());
         let mut n = 0u64;
         while start.elapsed() < deadline {
-            for case in &cases {
-                black_box(mxpace_reply::explain(
-                    black_box(&case.reply),
-                    case.mx.as_deref(),
-                ));
-            }
+            cases.iter().for_each(one);
             n += cases.len() as u64;
         }
         let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| (b - a) as f64 / 1e9);
@@ -73,7 +84,11 @@ fn main() {
         "phrase automaton: {} KiB",
         mxpace_reply::embedded_engine().automaton_bytes() / 1024
     );
-    println!("replies: {n} ({} corpus entries per pass)", cases.len());
+    let what = if classify_only { "classify" } else { "explain" };
+    println!(
+        "{what}: {n} replies ({} corpus entries per pass)",
+        cases.len()
+    );
     println!("wall: {:.3} s  -> {:.0} replies/s", wall, n as f64 / wall);
     if let Some(cpu) = cpu {
         println!(

@@ -4,12 +4,13 @@
 //! index by (basic code, enhanced subject) selects the candidates that need none. Only
 //! those candidates are checked, in priority order — never every rule in turn.
 
-use crate::extract::extract;
-use crate::parse::{self, EnhancedCode, NotAReply, Reply};
-use crate::provider::{self, ProviderDef};
+use crate::extract::{extract, named_host};
+use crate::parse::{self, EnhancedCode, NotAReply, Parsed, Reply};
+use crate::phrases::PhraseDfa;
+use crate::provider::{self, HostIndex, ProviderDef};
 use crate::rules::{self, CodePattern, EnhancedPattern, RuleDef, RulesError};
 use crate::verdict::{Action, Category, Scope, Throttle, Verdict};
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Buckets per code: enhanced subjects 0–7, "other subject", "no enhanced code".
@@ -32,14 +33,25 @@ struct Compiled {
 pub struct Engine {
     rules: Vec<Compiled>,
     providers: Vec<ProviderDef>,
+    /// The providers' MX patterns, for the provider of a host.
+    hosts: HostIndex,
     /// Phrases and markers, lower-cased, deduplicated; the automaton's pattern ids.
-    phrases: AhoCorasick,
+    /// A dense DFA: one table lookup per byte of a reply's text.
+    phrases: PhraseDfa,
     phrase_count: usize,
     /// For each phrase id, the provider it marks (if it is a marker).
     marker_of: Vec<Option<u16>>,
-    /// `index[(code - 200) * BUCKETS + bucket]` = indices of the rules without
-    /// phrase conditions that may match there, in priority order.
-    index: Vec<Vec<u32>>,
+    /// Bitsets of `rule_words` words each: at `((code - 200) * BUCKETS + bucket)`, the
+    /// rules without phrase conditions that may match there.
+    index: Vec<u64>,
+    /// Words in a bitset over the rules.
+    rule_words: usize,
+    /// Bitsets of `rule_words` words: at `code - 200`, the rules that accept this
+    /// basic code; candidates are masked with it before any rule is looked at.
+    rules_of_code: Vec<u64>,
+    /// Bitsets of `rule_words` words: at `p`, the rules that hold for provider `p`
+    /// (no provider condition, or this one); the last bitset is for "unknown".
+    rules_of_provider: Vec<u64>,
     /// For each phrase id, the rules whose `all`/`any` name it.
     rules_of_phrase: Vec<Vec<u32>>,
 }
@@ -141,20 +153,31 @@ impl Engine {
             });
         }
         let phrase_count = phrases.len();
-        let automaton = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            // A full DFA of ~440 case-insensitive phrases is ~2 MB and spends its time
-            // on cache misses; the contiguous NFA is ~120 KB and measured faster here.
-            .kind(Some(AhoCorasickKind::ContiguousNFA))
-            .prefilter(false)
-            .build(&phrases)
-            .map_err(|e| RulesError::Invalid {
-                file: "rules".into(),
-                id: "*".into(),
-                msg: format!("phrase automaton: {e}"),
-            })?;
-        let mut index = vec![Vec::new(); CODES * BUCKETS];
+        // Every phrase ending at a position is reported there (overlapping), which is
+        // what "all/any/not of these phrases" needs.
+        let automaton = PhraseDfa::new(&phrases).map_err(|e| RulesError::Invalid {
+            file: "rules".into(),
+            id: "*".into(),
+            msg: format!("phrase automaton: {e}"),
+        })?;
+        let rule_words = rules.len().div_ceil(64).max(1);
+        let mut index = vec![0u64; CODES * BUCKETS * rule_words];
+        let mut rules_of_code = vec![0u64; CODES * rule_words];
+        let mut rules_of_provider = vec![0u64; (providers.len() + 1) * rule_words];
+        for (ri, r) in rules.iter().enumerate() {
+            for code in 200u16..600 {
+                if r.codes.is_empty() || r.codes.iter().any(|c| c.matches(code)) {
+                    let at = usize::from(code - 200) * rule_words;
+                    set(&mut rules_of_code[at..at + rule_words], ri as u32);
+                }
+            }
+            for p in 0..=providers.len() {
+                if r.provider.is_none_or(|rp| usize::from(rp) == p) {
+                    let at = p * rule_words;
+                    set(&mut rules_of_provider[at..at + rule_words], ri as u32);
+                }
+            }
+        }
         let mut rules_of_phrase = vec![Vec::new(); phrase_count];
         for (ri, r) in rules.iter().enumerate() {
             if !r.all.is_empty() || !r.any.is_empty() {
@@ -172,18 +195,23 @@ impl Engine {
                 }
                 for bucket in 0..BUCKETS {
                     if rule_may_match_bucket(r, bucket) {
-                        index[usize::from(code - 200) * BUCKETS + bucket].push(ri as u32);
+                        let at = (usize::from(code - 200) * BUCKETS + bucket) * rule_words;
+                        set(&mut index[at..at + rule_words], ri as u32);
                     }
                 }
             }
         }
         Ok(Engine {
+            hosts: HostIndex::new(&providers),
             rules,
             providers,
             phrases: automaton,
             phrase_count,
             marker_of,
             index,
+            rule_words,
+            rules_of_code,
+            rules_of_provider,
             rules_of_phrase,
         })
     }
@@ -198,28 +226,45 @@ impl Engine {
         self.rules.iter().map(|r| &r.def)
     }
 
-    /// Parse and classify one reply; see [`crate::explain`].
+    /// Parse and classify one reply; see [`crate::explain`]. Built on
+    /// [`Engine::classify`], plus the facts named in the text and owned fields.
     pub fn explain(&self, input: &str, mx: Option<&str>) -> Verdict {
-        match parse::parse(input) {
-            Ok(reply) => {
-                // The parsed text moves into the verdict rather than being copied.
-                let mut v = self.verdict_without_text(&reply, mx);
-                v.text = reply.text;
-                v
-            }
-            Err(e) => not_a_reply(input, e),
+        self.classify(input, mx).into_verdict()
+    }
+
+    /// Parse and classify one reply without allocating (for a single-line reply):
+    /// code, enhanced code, stage, the rule chosen and every classification field,
+    /// borrowed from `input` and from the rules. Facts named in the text (tokens, IPs,
+    /// URLs, the host block) are left for [`Classified::into_verdict`] or
+    /// [`crate::extract`].
+    pub fn classify<'a>(&'a self, input: &'a str, mx: Option<&'a str>) -> Classified<'a> {
+        match parse::parse_borrowed(input) {
+            Ok(reply) => self.classify_parsed(reply, mx, input),
+            Err(e) => Classified::not_a_reply(input, e),
         }
     }
 
-    /// Classify an already parsed reply.
-    pub fn classify(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
-        let mut v = self.verdict_without_text(reply, mx);
-        v.text.clone_from(&reply.text);
-        v
+    /// Classify an already parsed reply into an owned verdict.
+    pub fn classify_reply(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
+        let parsed = Parsed {
+            code: reply.code,
+            enhanced: reply.enhanced,
+            raw: &reply.raw,
+            text: Cow::Borrowed(&reply.text),
+            stage: reply.stage,
+            wrapper: reply.wrapper,
+            remote_host: reply.remote_host.as_deref(),
+            remote_ip: reply.remote_ip,
+        };
+        self.classify_parsed(parsed, mx, &reply.raw).into_verdict()
     }
 
-    /// The verdict for `reply`, its `text` left empty for the caller to fill.
-    fn verdict_without_text(&self, reply: &Reply, mx: Option<&str>) -> Verdict {
+    fn classify_parsed<'a>(
+        &'a self,
+        reply: Parsed<'a>,
+        mx: Option<&'a str>,
+        input: &'a str,
+    ) -> Classified<'a> {
         // Bitsets on the stack (heap only for rule sets far larger than the embedded one):
         // phrases seen in the text, and candidate rules, whose set bits in ascending
         // order are the candidates in priority order.
@@ -228,102 +273,119 @@ impl Engine {
         let seen = bitset(&mut seen_buf, &mut seen_heap, self.phrase_count);
         let candidates = bitset(&mut cand_buf, &mut cand_heap, self.rules.len());
         let marked = self.phrases_in(&reply.text, seen, candidates);
-        let facts = extract(&reply.text);
-        let provider = self.provider(reply, mx, facts.host.as_deref(), marked);
+        let provider = self.provider(&reply, mx, marked);
         let bucket = bucket_of(reply.enhanced);
-        for &ri in &self.index[usize::from(reply.code - 200) * BUCKETS + bucket] {
-            set(candidates, ri);
+        let at = (usize::from(reply.code - 200) * BUCKETS + bucket) * self.rule_words;
+        for (word, rules) in candidates.iter_mut().zip(&self.index[at..]) {
+            *word |= rules;
         }
-        let winner = set_bits(candidates)
-            .map(|ri| &self.rules[ri])
-            .find(|r| self.rule_matches(r, reply, provider, seen));
+        let winner = self.first_match(candidates, &reply, provider, seen);
         let default_action = match reply.code {
             200..=399 => Action::Deliver,
             400..=499 => Action::Retry,
             _ => Action::Bounce,
         };
-        let mut v = Verdict {
-            code: Some(reply.code),
-            enhanced: reply.enhanced.map(|e| e.to_text()),
-            enhanced_agrees: reply.enhanced_agrees(),
-            stage: reply.stage,
-            action: default_action,
-            provider: provider
-                .map_or("unknown", |p| self.providers[usize::from(p)].name.as_str())
-                .to_owned(),
-            tokens: facts.tokens,
-            ips: facts.ips,
-            host: facts.host,
-            host_time: facts.host_time,
-            urls: facts.urls,
-            ..Verdict::default()
+        let provider = provider.map_or("unknown", |p| self.providers[usize::from(p)].name.as_str());
+        let mut c = match winner {
+            Some(r) => Classified {
+                action: r.def.action.unwrap_or(default_action),
+                category: r.def.category,
+                scope: r.def.scope,
+                throttle: r.def.throttle,
+                provider,
+                rule: &r.def.id,
+                advice: Cow::Borrowed(&r.def.advice),
+                fallback: r.def.fallback,
+                reply: Ok(reply),
+                input,
+            },
+            None => basic_code_verdict(reply, provider, input),
         };
-        match winner {
-            Some(r) => {
-                v.action = r.def.action.unwrap_or(default_action);
-                v.category = r.def.category;
-                v.scope = r.def.scope;
-                v.throttle = r.def.throttle;
-                v.advice.clone_from(&r.def.advice);
-                v.rule.clone_from(&r.def.id);
-                v.fallback = r.def.fallback;
-            }
-            None => basic_code_verdict(&mut v, reply.code),
+        if c.action == Action::Deliver {
+            c.throttle = Throttle::None;
         }
-        if v.action == Action::Deliver {
-            v.throttle = Throttle::None;
-        }
-        v
+        c
     }
 
     /// One pass of the automaton: marks in `seen` the phrases that occur in `text` and
     /// in `candidates` the rules that name them; returns the first provider (file
     /// order) one of whose markers occurs.
+    // Its own function: inlined into the caller, the walk lost registers to it.
+    #[inline(never)]
     fn phrases_in(&self, text: &str, seen: &mut [u64], candidates: &mut [u64]) -> Option<u16> {
         let mut marked: Option<u16> = None;
-        for m in self.phrases.find_overlapping_iter(text) {
-            let id = m.pattern().as_u32();
+        self.phrases.for_each_match(text.as_bytes(), |ids| {
+            self.record_matches(ids, seen, candidates, &mut marked);
+        });
+        marked
+    }
+
+    /// Marks the phrases `ids`, the rules naming them, and the provider one of them
+    /// marks (the first in file order wins). Out of line: match states are rare, and
+    /// the walk keeps its registers.
+    #[cold]
+    #[inline(never)]
+    fn record_matches(
+        &self,
+        ids: &[u32],
+        seen: &mut [u64],
+        candidates: &mut [u64],
+        marked: &mut Option<u16>,
+    ) {
+        for &id in ids {
             if !has(seen, id) {
                 set(seen, id);
                 for &ri in &self.rules_of_phrase[id as usize] {
                     set(candidates, ri);
                 }
                 if let Some(p) = self.marker_of[id as usize] {
-                    marked = Some(marked.map_or(p, |b| b.min(p)));
+                    *marked = Some(marked.map_or(p, |b| b.min(p)));
                 }
             }
         }
-        marked
     }
 
     /// The provider: from `--mx`, else the wrapper's remote host, else the host the
     /// reply names in its trailer, else text markers (`marked`).
-    fn provider(
-        &self,
-        reply: &Reply,
-        mx: Option<&str>,
-        named_host: Option<&str>,
-        marked: Option<u16>,
-    ) -> Option<u16> {
-        let by_host = |h: &str| provider::host_match(&self.providers, h).map(|i| i as u16);
-        for host in [mx, reply.remote_host.as_deref(), named_host] {
-            if let Some(p) = host.and_then(by_host) {
-                return Some(p);
-            }
-        }
-        marked
+    fn provider(&self, reply: &Parsed<'_>, mx: Option<&str>, marked: Option<u16>) -> Option<u16> {
+        let by_host = |h: &str| self.hosts.find(h).map(|i| i as u16);
+        mx.and_then(by_host)
+            .or_else(|| reply.remote_host.and_then(by_host))
+            // Looked for only when needed: most replies are settled by `--mx` or the
+            // wrapper's host, or carry no host block at all.
+            .or_else(|| named_host(&reply.text).and_then(by_host))
+            .or(marked)
     }
 
-    fn rule_matches(
+    /// The first candidate (lowest index = highest priority) whose conditions hold.
+    fn first_match(
         &self,
-        r: &Compiled,
-        reply: &Reply,
+        candidates: &[u64],
+        reply: &Parsed<'_>,
         provider: Option<u16>,
         seen: &[u64],
-    ) -> bool {
-        (r.codes.is_empty() || r.codes.iter().any(|c| c.matches(reply.code)))
-            && (r.provider.is_none() || r.provider == provider)
-            && (r.enhanced.is_empty() || r.enhanced.iter().any(|e| e.matches(reply.enhanced)))
+    ) -> Option<&Compiled> {
+        // Basic code and provider by whole words: most candidates go here at once.
+        let words = self.rule_words;
+        let by_code = &self.rules_of_code[usize::from(reply.code - 200) * words..][..words];
+        let p = provider.map_or(self.providers.len(), usize::from);
+        let by_provider = &self.rules_of_provider[p * words..][..words];
+        for (w, &word) in candidates.iter().enumerate() {
+            let mut rest = word & by_code[w] & by_provider[w];
+            while rest != 0 {
+                let ri = w * 64 + rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                if self.rule_matches(&self.rules[ri], reply, seen) {
+                    return Some(&self.rules[ri]);
+                }
+            }
+        }
+        None
+    }
+
+    fn rule_matches(&self, r: &Compiled, reply: &Parsed<'_>, seen: &[u64]) -> bool {
+        // Basic code and provider were checked by the caller, by whole words.
+        (r.enhanced.is_empty() || r.enhanced.iter().any(|e| e.matches(reply.enhanced)))
             && r.def.stage.is_none_or(|s| reply.stage == Some(s))
             && r.all.iter().all(|&id| has(seen, id))
             && (r.any.is_empty() || r.any.iter().any(|&id| has(seen, id)))
@@ -357,20 +419,6 @@ fn set(bits: &mut [u64], id: u32) {
     bits[id as usize / 64] |= 1 << (id % 64);
 }
 
-/// The set bits' indices, ascending.
-fn set_bits(bits: &[u64]) -> impl Iterator<Item = usize> + '_ {
-    bits.iter().enumerate().flat_map(|(w, &word)| {
-        let mut rest = word;
-        std::iter::from_fn(move || {
-            (rest != 0).then(|| {
-                let bit = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                w * 64 + bit
-            })
-        })
-    })
-}
-
 fn bucket_of(e: Option<EnhancedCode>) -> usize {
     match e {
         None => NO_ENHANCED,
@@ -395,31 +443,128 @@ fn rule_may_match_bucket(r: &Compiled, bucket: usize) -> bool {
 }
 
 /// No rule at all matched: decide on the basic code alone (RFC 5321 §4.2.1).
-fn basic_code_verdict(v: &mut Verdict, code: u16) {
-    v.fallback = true;
-    v.rule = "basic-code".into();
-    v.category = Category::Other;
-    v.scope = Scope::Session;
-    v.throttle = Throttle::None;
-    v.advice = match code {
-        200..=399 => "Accepted (or continue): nothing to do.".into(),
-        400..=499 => "Temporary failure with no recognised cause: keep the mail queued and retry with backoff. Only the basic code decided; read the text.".into(),
-        _ => "Permanent failure with no recognised cause: do not retry this message as is; a bounce goes back to the sender. Only the basic code decided; read the text.".into(),
+fn basic_code_verdict<'a>(reply: Parsed<'a>, provider: &'a str, input: &'a str) -> Classified<'a> {
+    let (action, advice) = match reply.code {
+        200..=399 => (Action::Deliver, "Accepted (or continue): nothing to do."),
+        400..=499 => (
+            Action::Retry,
+            "Temporary failure with no recognised cause: keep the mail queued and retry with backoff. Only the basic code decided; read the text.",
+        ),
+        _ => (
+            Action::Bounce,
+            "Permanent failure with no recognised cause: do not retry this message as is; a bounce goes back to the sender. Only the basic code decided; read the text.",
+        ),
     };
+    Classified {
+        action,
+        category: Category::Other,
+        scope: Scope::Session,
+        throttle: Throttle::None,
+        provider,
+        rule: "basic-code",
+        advice: Cow::Borrowed(advice),
+        fallback: true,
+        reply: Ok(reply),
+        input,
+    }
 }
 
-fn not_a_reply(input: &str, e: NotAReply) -> Verdict {
-    let mut text: String = input.trim().chars().take(200).collect();
-    text.retain(|c| !c.is_control() || c == ' ');
-    Verdict {
-        not_a_reply: true,
-        fallback: true,
-        rule: "not-a-reply".into(),
-        provider: "unknown".into(),
-        advice: format!(
-            "Not an SMTP reply ({e}): nothing to classify. Paste the server's reply (a line starting with a 2xx-5xx code) or the log line that contains it."
-        ),
-        text,
-        ..Verdict::default()
+/// The classification of one reply, borrowing from the input and the rules: what
+/// [`Engine::classify`] returns. [`Classified::into_verdict`] makes the owned
+/// [`Verdict`] (adding the facts named in the text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified<'a> {
+    pub action: Action,
+    pub category: Category,
+    pub scope: Scope,
+    pub throttle: Throttle,
+    /// `microsoft`, `google`, … or `unknown`.
+    pub provider: &'a str,
+    /// Which rule matched (`basic-code` or `not-a-reply` when none did).
+    pub rule: &'a str,
+    /// Plain English: what it means and what to do.
+    pub advice: Cow<'a, str>,
+    /// True when only RFC 3463 / the basic code decided.
+    pub fallback: bool,
+    /// The parsed reply (code, enhanced code, stage, text, wrapper), or why the input
+    /// is not an SMTP reply.
+    pub reply: Result<Parsed<'a>, NotAReply>,
+    /// The whole input (for the verdict's `text` when it is not a reply).
+    input: &'a str,
+}
+
+impl<'a> Classified<'a> {
+    /// The basic code, `None` when the input is not an SMTP reply.
+    pub fn code(&self) -> Option<u16> {
+        self.reply.as_ref().ok().map(|r| r.code)
+    }
+
+    /// The enhanced code, if the reply carries one.
+    pub fn enhanced(&self) -> Option<EnhancedCode> {
+        self.reply.as_ref().ok().and_then(|r| r.enhanced)
+    }
+
+    /// The SMTP stage the reply answered, when known.
+    pub fn stage(&self) -> Option<crate::verdict::Stage> {
+        self.reply.as_ref().ok().and_then(|r| r.stage)
+    }
+
+    fn not_a_reply(input: &'a str, e: NotAReply) -> Self {
+        Classified {
+            action: Action::default(),
+            category: Category::default(),
+            scope: Scope::default(),
+            throttle: Throttle::default(),
+            provider: "unknown",
+            rule: "not-a-reply",
+            advice: Cow::Owned(format!(
+                "Not an SMTP reply ({e}): nothing to classify. Paste the server's reply (a line starting with a 2xx-5xx code) or the log line that contains it."
+            )),
+            fallback: true,
+            reply: Err(e),
+            input,
+        }
+    }
+
+    /// The owned verdict: every field, with the facts named in the text extracted.
+    pub fn into_verdict(self) -> Verdict {
+        let reply = match self.reply {
+            Ok(reply) => reply,
+            Err(_) => {
+                let mut text: String = self.input.trim().chars().take(200).collect();
+                text.retain(|c| !c.is_control() || c == ' ');
+                return Verdict {
+                    not_a_reply: true,
+                    fallback: true,
+                    rule: self.rule.to_owned(),
+                    provider: self.provider.to_owned(),
+                    advice: self.advice.into_owned(),
+                    text,
+                    ..Verdict::default()
+                };
+            }
+        };
+        let facts = extract(&reply.text);
+        Verdict {
+            code: Some(reply.code),
+            enhanced: reply.enhanced.map(|e| e.to_text()),
+            enhanced_agrees: reply.enhanced_agrees(),
+            stage: reply.stage,
+            action: self.action,
+            category: self.category,
+            scope: self.scope,
+            provider: self.provider.to_owned(),
+            throttle: self.throttle,
+            tokens: facts.tokens,
+            ips: facts.ips,
+            host: facts.host,
+            host_time: facts.host_time,
+            urls: facts.urls,
+            advice: self.advice.into_owned(),
+            rule: self.rule.to_owned(),
+            fallback: self.fallback,
+            not_a_reply: false,
+            text: reply.text.into_owned(),
+        }
     }
 }

@@ -45,9 +45,12 @@ pub fn extract(text: &str) -> Extracted {
                     None
                 }
             }
-            // Addresses are tried where a digit starts a word: IPv6 written with a
-            // leading letter (`fe80::1`) is not picked up, to keep this scan cheap.
+            // Addresses are tried where a digit starts a word, or where hex letters
+            // followed by `:` do (IPv6 such as `fe80::1`, `[abcd::1]`).
             b'0'..=b'9' if boundary && (i == 0 || b[i - 1] != b'.') => ip(&text[i..], &mut out.ips),
+            b'a'..=b'f' | b'A'..=b'F' if boundary && hex_group_then_colon(&b[i..]) => {
+                ip(&text[i..], &mut out.ips)
+            }
             b'A'..=b'Z' if boundary => word_token(&b[i..], &mut out.tokens),
             _ => None,
         };
@@ -137,9 +140,19 @@ fn word_token(b: &[u8], tokens: &mut Vec<String>) -> Option<usize> {
     Some(end)
 }
 
-/// `[TSS04]`-style tokens (letters then digits), or a `[host timestamp id]` block.
-fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
-    let close = s.as_bytes().iter().take(200).position(|&c| c == b']')?;
+/// What a `[` opens.
+enum Bracket<'a> {
+    /// `[TSS04]`-style token (letters then digits); the whole bracket is the token.
+    Token(&'a str),
+    /// `[host timestamp id]` block.
+    Host(&'a str, Option<&'a str>),
+}
+
+/// The bracket starting `s` (which starts with `[`) and its length, if it is a token
+/// or a host block; the host block's timestamp only when `want_time`.
+fn bracket_at(s: &str, want_time: bool) -> Option<(Bracket<'_>, usize)> {
+    let b = s.as_bytes();
+    let close = memchr::memchr(b']', &b[..b.len().min(200)])?;
     let inner = &s[1..close];
     let ib = inner.as_bytes();
     let letters = ib.iter().take_while(|c| c.is_ascii_uppercase()).count();
@@ -148,30 +161,98 @@ fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
         && ib.len() <= letters + 3
         && ib[letters..].iter().all(u8::is_ascii_digit)
     {
-        push_unique(&mut out.tokens, &s[..=close]);
-        return Some(close + 1);
+        return Some((Bracket::Token(&s[..=close]), close + 1));
     }
-    let mut words = inner.split_ascii_whitespace();
-    let host = words.next()?;
-    if looks_like_host(host) {
-        // Kept exactly as the receiver wrote it: it is escalation evidence.
-        out.host = Some(host.to_owned());
-        out.host_time = words
+    // The first word (as `split_ascii_whitespace` finds it) must look like a host.
+    let start = ib.iter().position(|c| !c.is_ascii_whitespace())?;
+    let (len, seen) = host_run(&ib[start..]);
+    let end = start + len;
+    let word_ends = ib.get(end).is_none_or(u8::is_ascii_whitespace);
+    if !(word_ends && len <= 253 && seen & (DOT | LETTER) == DOT | LETTER) {
+        return None;
+    }
+    let host = &inner[start..end];
+    let time = if want_time {
+        inner[end..]
+            .split_ascii_whitespace()
             .next()
             .filter(|t| looks_like_timestamp(t))
-            .map(str::to_owned);
-        return Some(close + 1);
-    }
-    None
+    } else {
+        None
+    };
+    Some((Bracket::Host(host, time), close + 1))
 }
 
-fn looks_like_host(s: &str) -> bool {
-    s.contains('.')
-        && s.len() <= 253
-        && s.bytes().any(|c| c.is_ascii_alphabetic())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-')
-        && s.parse::<IpAddr>().is_err()
+/// Host-name byte classes, by table (one lookup per byte of a host block).
+const HOST_CHAR: u8 = 1;
+const DOT: u8 = 2;
+const LETTER: u8 = 4;
+const HOST_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_alphabetic() {
+            HOST_CHAR | LETTER
+        } else if b == b'.' {
+            HOST_CHAR | DOT
+        } else if b.is_ascii_digit() || b == b'-' {
+            HOST_CHAR
+        } else {
+            0
+        };
+        c += 1;
+    }
+    t
+};
+
+/// The length of the run of host-name bytes (letters, digits, `.`, `-`) starting `b`,
+/// and the classes seen in it (`DOT`, `LETTER`).
+fn host_run(b: &[u8]) -> (usize, u8) {
+    let mut seen = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let class = HOST_BYTES[usize::from(c)];
+        if class == 0 {
+            return (i, seen);
+        }
+        seen |= class;
+    }
+    (b.len(), seen)
+}
+
+/// `[TSS04]`-style tokens, or a `[host timestamp id]` block (the last one wins).
+fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
+    let (found, len) = bracket_at(s, true)?;
+    match found {
+        Bracket::Token(t) => push_unique(&mut out.tokens, t),
+        Bracket::Host(host, time) => {
+            // Kept exactly as the receiver wrote it: it is escalation evidence.
+            out.host = Some(host.to_owned());
+            out.host_time = time.map(str::to_owned);
+        }
+    }
+    Some(len)
+}
+
+/// The receiving host of the reply's `[host timestamp id]`
+/// block, the same one [`extract`] reports, without extracting anything else: the
+/// classifier needs only this, and only when neither `--mx` nor the wrapper named a
+/// host.
+pub fn named_host(text: &str) -> Option<&str> {
+    let mut found = None;
+    let mut pos = 0;
+    while let Some(at) = memchr::memchr(b'[', &text.as_bytes()[pos..]) {
+        let at = pos + at;
+        pos = match bracket_at(&text[at..], false) {
+            Some((Bracket::Host(host, _), len)) => {
+                found = Some(host);
+                at + len
+            }
+            Some((Bracket::Token(_), len)) => at + len,
+            None => at + 1,
+        };
+    }
+    found
 }
 
 /// `2024-07-14T14:44:43.083Z`.
@@ -227,6 +308,21 @@ fn case_param(u: &[u8]) -> Option<usize> {
         }
     }
     amp
+}
+
+/// One to four hex digits then `:`: how an IPv6 address written with a leading letter
+/// starts (a word such as `add:` is then refused by the address parser).
+fn hex_group_then_colon(b: &[u8]) -> bool {
+    // Byte by byte with an early exit: this runs at every word starting with a-f.
+    for &c in b.iter().take(5).skip(1) {
+        if c == b':' {
+            return true;
+        }
+        if !c.is_ascii_hexdigit() {
+            return false;
+        }
+    }
+    false
 }
 
 /// An IPv4 or IPv6 address starting here (the run of address characters must parse).
@@ -322,6 +418,15 @@ mod tests {
 
     #[test]
     fn ipv6_and_no_false_ips() {
+        let e = extract("from [fe80::1] and abcd::1 and [ABCD:ef::2] but not add: or beef:");
+        assert_eq!(
+            e.ips,
+            [
+                "fe80::1".parse::<IpAddr>().unwrap(),
+                "abcd::1".parse().unwrap(),
+                "abcd:ef::2".parse().unwrap()
+            ]
+        );
         let e = extract("from [2001:db8::25] at 14:44:43 version 4.16.55.1 and 10.0.0.1.");
         assert_eq!(
             e.ips,

@@ -12,13 +12,16 @@
 mod engine;
 mod extract;
 mod parse;
+mod phrases;
 mod provider;
 mod rules;
 mod verdict;
 
-pub use engine::Engine;
-pub use extract::{Extracted, extract};
-pub use parse::{EnhancedCode, NotAReply, Reply, Wrapper, parse, parse_bytes};
+pub use engine::{Classified, Engine};
+pub use extract::{Extracted, extract, named_host};
+pub use parse::{
+    EnhancedCode, NotAReply, Parsed, Reply, Wrapper, parse, parse_borrowed, parse_bytes,
+};
 pub use provider::{PROVIDERS, PROVIDERS_TOML, ProviderDef, provider_for_host};
 pub use rules::{CodePattern, EMBEDDED_RULES, EnhancedPattern, RuleDef, RulesError, parse_rules};
 pub use verdict::{Action, Category, Scope, Stage, Throttle, Verdict};
@@ -39,4 +42,11 @@ pub fn embedded_engine() -> &'static Engine {
 /// verdict with `not_a_reply: true`.
 pub fn explain(reply: &str, mx: Option<&str>) -> Verdict {
     EMBEDDED.explain(reply, mx)
+}
+
+/// Parse and classify one reply without building the owned [`Verdict`]: see
+/// [`Engine::classify`]. For callers that only need the class (action, category,
+/// scope, throttle, provider, rule).
+pub fn classify<'a>(reply: &'a str, mx: Option<&'a str>) -> Classified<'a> {
+    EMBEDDED.classify(reply, mx)
 }

@@ -8,7 +8,8 @@
 //! three-digit details (4.7.500 would become 4.7.255).
 
 use crate::verdict::Stage;
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::LazyLock;
@@ -179,6 +180,51 @@ pub enum NotAReply {
     NoCode,
 }
 
+/// A parsed SMTP reply that borrows from its input: what [`parse_borrowed`] returns
+/// and what [`crate::Engine::classify`] works on, without allocating when the reply's
+/// text is a plain slice of the input (a single-line reply, the common case).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed<'a> {
+    /// The basic reply code (200–599).
+    pub code: u16,
+    /// The enhanced status code, if the reply carries one.
+    pub enhanced: Option<EnhancedCode>,
+    /// The reply as found inside its wrapper, line breaks kept.
+    pub raw: &'a str,
+    /// The reply text, as [`Reply::text`]: borrowed when it is a slice of the input,
+    /// owned when lines had to be joined or continuation prefixes removed.
+    pub text: Cow<'a, str>,
+    /// The SMTP stage the reply answered, when the wrapper says.
+    pub stage: Option<Stage>,
+    /// Where the reply was found.
+    pub wrapper: Wrapper,
+    /// The remote host the wrapper names, if any.
+    pub remote_host: Option<&'a str>,
+    /// The remote host's address the wrapper names, if any.
+    pub remote_ip: Option<IpAddr>,
+}
+
+impl Parsed<'_> {
+    /// The owned [`Reply`].
+    pub fn into_owned(self) -> Reply {
+        Reply {
+            code: self.code,
+            enhanced: self.enhanced,
+            raw: self.raw.to_owned(),
+            text: self.text.into_owned(),
+            stage: self.stage,
+            wrapper: self.wrapper,
+            remote_host: self.remote_host.map(str::to_owned),
+            remote_ip: self.remote_ip,
+        }
+    }
+
+    /// Whether the enhanced code's class agrees with the basic code.
+    pub fn enhanced_agrees(&self) -> Option<bool> {
+        self.enhanced.map(|e| e.class == self.code / 100)
+    }
+}
+
 /// Parse bytes that may not be UTF-8 (invalid sequences are replaced, not dropped).
 pub fn parse_bytes(input: &[u8]) -> Result<Reply, NotAReply> {
     if looks_binary(input) {
@@ -189,11 +235,17 @@ pub fn parse_bytes(input: &[u8]) -> Result<Reply, NotAReply> {
 
 /// Find the SMTP reply in `input` and parse it.
 pub fn parse(input: &str) -> Result<Reply, NotAReply> {
+    parse_borrowed(input).map(Parsed::into_owned)
+}
+
+/// Find the SMTP reply in `input` and parse it, borrowing from `input` (see [`Parsed`]).
+pub fn parse_borrowed(input: &str) -> Result<Parsed<'_>, NotAReply> {
     let input = input.trim();
     if input.is_empty() {
         return Err(NotAReply::Empty);
     }
-    if looks_binary(input.as_bytes()) {
+    let controls = has_control_byte(input.as_bytes());
+    if controls && looks_binary(input.as_bytes()) {
         return Err(NotAReply::Binary);
     }
     let found = unwrap(input);
@@ -206,12 +258,13 @@ pub fn parse(input: &str) -> Result<Reply, NotAReply> {
     let body = &body[start..];
     let b = body.as_bytes();
     let code = u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
-    let (enhanced_at_start, text) = reply_text(body, code);
+    // Without control bytes (line breaks, tabs) the text may be a plain slice.
+    let (enhanced_at_start, text) = reply_text(body, code, !controls);
     let enhanced = enhanced_at_start.or_else(|| enhanced_in_text(&text, code));
-    Ok(Reply {
+    Ok(Parsed {
         code,
         enhanced,
-        raw: body.to_owned(),
+        raw: body,
         text,
         stage: found.stage,
         wrapper: found.wrapper,
@@ -254,11 +307,10 @@ fn has_control_byte(b: &[u8]) -> bool {
     chunks.remainder().iter().any(|&c| c < 0x20)
 }
 
-/// Whether `b` contains Exchange's `#SMTP#` (exact case), by a prebuilt SIMD finder.
+/// Whether `b` contains Exchange's `#SMTP#` (exact case). `#` is rare in replies, so
+/// a SIMD search for it and a look at each one is cheapest.
 fn has_smtp_hash(b: &[u8]) -> bool {
-    static FINDER: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"#SMTP#"));
-    FINDER.find(b).is_some()
+    memchr::memchr_iter(b'#', b).any(|i| b[i..].starts_with(b"#SMTP#"))
 }
 
 /// `[2-5]dd` followed by end, space, tab, `-` or a line break.
@@ -287,7 +339,7 @@ struct Unwrapped<'a> {
     body: &'a str,
     wrapper: Wrapper,
     stage: Option<Stage>,
-    remote_host: Option<String>,
+    remote_host: Option<&'a str>,
     remote_ip: Option<IpAddr>,
 }
 
@@ -318,6 +370,10 @@ static MARKER_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
     AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::LeftmostFirst)
+        // Six short phrases make a small DFA; its byte-at-a-time walk beat the default
+        // (rare-bytes prefilter + NFA) on log lines, where the rare bytes are common.
+        .kind(Some(AhoCorasickKind::DFA))
+        .prefilter(false)
         .build(MARKERS.iter().map(|(m, _)| m))
         .expect("wrapper markers are valid literals")
 });
@@ -418,11 +474,11 @@ fn diagnostic_value(after: &str) -> &str {
 }
 
 /// `Remote-MTA: dns; mx.example.com` anywhere in a DSN.
-fn remote_mta(input: &str) -> Option<String> {
+fn remote_mta(input: &str) -> Option<&str> {
     let at = find_ci(input, "Remote-MTA:")?;
     let value = input[at + 11..].lines().next()?.trim();
     let value = value.split_once(';').map_or(value, |(_, v)| v).trim();
-    (!value.is_empty()).then(|| value.trim_end_matches('.').to_owned())
+    (!value.is_empty()).then(|| value.trim_end_matches('.'))
 }
 
 /// Postfix: `… (in reply to RCPT TO command)` at the end gives the stage; the body ends there.
@@ -468,7 +524,7 @@ fn stage_from_command(s: &str) -> Option<Stage> {
 }
 
 /// Postfix `host mx.example[192.0.2.1]` just before `said:`.
-fn host_before(before: &str) -> (Option<String>, Option<IpAddr>) {
+fn host_before(before: &str) -> (Option<&str>, Option<IpAddr>) {
     let Some(i) = before.rfind("host ") else {
         return (None, None);
     };
@@ -476,7 +532,7 @@ fn host_before(before: &str) -> (Option<String>, Option<IpAddr>) {
 }
 
 /// Exim `…: host mx.example [192.0.2.1]: 550 …` after the command.
-fn exim_host(after: &str) -> (Option<String>, Option<IpAddr>) {
+fn exim_host(after: &str) -> (Option<&str>, Option<IpAddr>) {
     let Some(i) = after.find(": host ") else {
         return (None, None);
     };
@@ -486,7 +542,7 @@ fn exim_host(after: &str) -> (Option<String>, Option<IpAddr>) {
 }
 
 /// `name[ip]` or `name [ip]`.
-fn split_host_ip(s: &str) -> (Option<String>, Option<IpAddr>) {
+fn split_host_ip(s: &str) -> (Option<&str>, Option<IpAddr>) {
     let (name, ip) = match s.find('[') {
         Some(i) => {
             let ip = s[i + 1..].split(']').next().unwrap_or("");
@@ -494,7 +550,7 @@ fn split_host_ip(s: &str) -> (Option<String>, Option<IpAddr>) {
         }
         None => (s.split_whitespace().next().unwrap_or(""), None),
     };
-    let name = name.trim_end_matches('.').to_owned();
+    let name = name.trim_end_matches('.');
     let usable = !name.is_empty() && name.contains('.') && !name.contains(' ');
     (usable.then_some(name), ip)
 }
@@ -515,7 +571,7 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
 /// prefix (same code) is always a continuation marker; a bare `NNN` word is one at
 /// the start of a line or once the reply has shown it is flattened; the enhanced code
 /// repeated right after such a marker is dropped (RFC 2034 §3 repeats it per line).
-fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
+fn reply_text(body: &str, code: u16, may_be_plain: bool) -> (Option<EnhancedCode>, Cow<'_, str>) {
     let code_str = [
         b'0' + (code / 100) as u8,
         b'0' + (code / 10 % 10) as u8,
@@ -542,6 +598,15 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
         enhanced = Some(e);
         enh_len = n;
         pos += hash + n;
+    }
+    // Plain single-line text (words separated by single spaces, no continuation
+    // prefixes): the text is a slice of the input, nothing to build.
+    let mut first = pos;
+    while b.get(first) == Some(&b' ') {
+        first += 1;
+    }
+    if may_be_plain && is_plain_text(&b[first..], code_str) {
+        return (enhanced, Cow::Borrowed(&body[first..]));
     }
     let enh_bytes = &b[pos - enh_len..pos];
     let is_enh = |w: &[u8]| {
@@ -592,16 +657,48 @@ fn reply_text(body: &str, code: u16) -> (Option<EnhancedCode>, String) {
         let end = w_start + (i - w_start);
         text.push_str(&body[end - word.len()..end]);
     }
-    (enhanced, text)
+    (enhanced, Cow::Owned(text))
+}
+
+/// Whether `rest` (trimmed at its end, free of control bytes: no line breaks or
+/// tabs) is already the reply text: no double spaces, and no word starting with the
+/// `NNN-` continuation prefix of this reply's code. The word-by-word join remains
+/// the reference; this only recognises the common case, with SIMD searches.
+fn is_plain_text(rest: &[u8], code: [u8; 3]) -> bool {
+    static DOUBLE_SPACE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"  "));
+    if DOUBLE_SPACE.find(rest).is_some() {
+        return false;
+    }
+    !memchr::memchr_iter(b'-', rest).any(|dash| {
+        dash >= 3 && rest[dash - 3..dash] == code && (dash == 3 || rest[dash - 4] == b' ')
+    })
 }
 
 /// An enhanced code inside the text (Yahoo: `553 Mail from x not allowed - 5.7.1 [BL23]`),
 /// accepted only when its class agrees with the basic code.
 fn enhanced_in_text(text: &str, code: u16) -> Option<EnhancedCode> {
-    text.split_ascii_whitespace().find_map(|w| {
-        let w = w
-            .trim_start_matches(['#', '('])
-            .trim_end_matches([',', ';', ')', ':']);
+    // A code's first dot follows its class digit, which starts the word once `#`/`(`
+    // are trimmed: only those dots need a look (the text has few dots, many words).
+    let b = text.as_bytes();
+    let class = b'0' + (code / 100) as u8;
+    memchr::memchr_iter(b'.', b).find_map(|dot| {
+        let digit = dot.checked_sub(1)?;
+        if b[digit] != class {
+            return None;
+        }
+        let mut start = digit;
+        while start > 0 && matches!(b[start - 1], b'#' | b'(') {
+            start -= 1;
+        }
+        if start > 0 && !b[start - 1].is_ascii_whitespace() {
+            return None;
+        }
+        let end = b[dot..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .map_or(b.len(), |n| dot + n);
+        let w = text[digit..end].trim_end_matches([',', ';', ')', ':']);
         EnhancedCode::parse(w).filter(|e| e.class == code / 100)
     })
 }
@@ -759,5 +856,72 @@ mod tests {
         assert_eq!(parse(&long), Err(NotAReply::NoCode));
         let long = format!("550 5.1.1 {}", "y ".repeat(50_000));
         assert_eq!(parse(&long).unwrap().code, 550);
+    }
+
+    /// The reply text taken as a slice (fast path) must equal the word-by-word join
+    /// (the reference) whenever the fast path is taken.
+    fn plain_slice_agrees_with_join(body: &str) {
+        let body = body.trim();
+        if !starts_with_code(body.as_bytes()) {
+            return;
+        }
+        let b = body.as_bytes();
+        let code =
+            u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
+        let may_be_plain = !has_control_byte(b);
+        let (e_fast, fast) = reply_text(body, code, may_be_plain);
+        let (e_ref, reference) = reply_text(body, code, false);
+        assert_eq!(e_fast, e_ref, "{body:?}");
+        assert_eq!(fast, reference, "{body:?}");
+    }
+
+    #[test]
+    fn plain_text_slices_match_the_join_on_the_corpus() {
+        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        let mut plain = 0;
+        for case in corpus["case"].as_array().unwrap() {
+            let body = case["reply"].as_str().unwrap();
+            plain_slice_agrees_with_join(body);
+            plain += usize::from(starts_with_code(body.trim().as_bytes()));
+        }
+        assert!(plain > 200, "only {plain} raw replies checked");
+        for body in [
+            "550 5.1.1  two  spaces",
+            "550-5.1.1 a 550-5.1.1 b 550 5.1.1 c",
+            "550 x 550- y",
+            "550 550-z",
+            "451 4.7.500 a-b 451x-c x451-d",
+            "250-PIPELINING",
+            "550 5.1.1 ",
+            "550 #5.1.1 text 5.1.1",
+        ] {
+            plain_slice_agrees_with_join(body);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_text_slices_match_the_join(
+            code in "[245][0-9][0-9]",
+            sep in "[ -]?",
+            rest in "([ a-z0-9.#-]|[245][0-9][0-9]-?){0,40}",
+        ) {
+            plain_slice_agrees_with_join(&format!("{code}{sep}{rest}"));
+        }
+
+        #[test]
+        fn enhanced_in_text_matches_word_by_word(
+            code in "[245][0-9][0-9]",
+            text in "([ #(),;:a-z.]|[245]\\.[0-9]{1,3}\\.[0-9]{1,3}){0,30}",
+        ) {
+            let code: u16 = code.parse().unwrap();
+            let reference = text.split_ascii_whitespace().find_map(|w| {
+                let w = w
+                    .trim_start_matches(['#', '('])
+                    .trim_end_matches([',', ';', ')', ':']);
+                EnhancedCode::parse(w).filter(|e| e.class == code / 100)
+            });
+            proptest::prop_assert_eq!(enhanced_in_text(&text, code), reference);
+        }
     }
 }

@@ -15,9 +15,9 @@
 //! joins lines by queue ID and gives year-less stamps their year.
 
 use super::stamp::{self, Stamp, YearTracker};
-use super::{LineReader, LineStatus, ReaderConfig, SkipReason, host_and_ip, text};
+use super::{LineReader, LineStatus, ReaderConfig, SkipReason, text};
 use crate::{Event, EventType, Outcome};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use time::OffsetDateTime;
 
@@ -26,33 +26,84 @@ pub fn looks_like(line: &[u8]) -> bool {
     matches!(parse_line(line, &ReaderConfig::default()), Ok(Some(_)))
 }
 
-/// One Postfix line, parsed but not yet joined with the others of its queue ID.
+/// One Postfix line, parsed but not yet joined with the others of its queue ID. Every
+/// text borrows from the line: parsing allocates nothing, so it can run on any thread
+/// and hand its result to the ordered step without a heap copy per line.
 #[derive(Debug, Clone)]
-pub struct Parsed {
+pub struct Parsed<'a> {
     pub stamp: Stamp,
-    pub record: Record,
+    pub record: Record<'a>,
 }
 
 /// The lines that matter for delivery analysis.
 #[derive(Debug, Clone)]
-pub enum Record {
+pub enum Record<'a> {
     /// cleanup: `message-id=<...>`.
-    MessageId { qid: String, message_id: String },
+    MessageId { qid: &'a str, message_id: &'a str },
     /// qmgr: `from=<...>, size=N, nrcpt=M`.
     From {
-        qid: String,
-        sender: String,
+        qid: &'a str,
+        sender: &'a str,
         size: Option<u64>,
     },
     /// qmgr: `from=<...>, status=expired, returned to sender`.
-    Expired { qid: String, sender: String },
+    Expired { qid: &'a str, sender: &'a str },
     /// qmgr (end of life) or postsuper (operator or application deleted it).
-    Removed { qid: String, by_operator: bool },
+    Removed { qid: &'a str, by_operator: bool },
     /// bounce: `sender non-delivery notification: NEWQID`.
-    Notice { qid: String, dsn_qid: String },
+    Notice { qid: &'a str, dsn_qid: &'a str },
     /// smtp/lmtp/local/virtual/error: one recipient's attempt; time, sender and
     /// message-id are filled in by the correlator.
-    Delivery(Box<Event>),
+    Delivery(Delivery<'a>),
+}
+
+/// One recipient's delivery attempt as logged by smtp/lmtp/local/virtual/error.
+#[derive(Debug, Clone)]
+pub struct Delivery<'a> {
+    pub qid: &'a str,
+    pub recipient: &'a str,
+    /// Sending IP (service name `postfix-<ip>` or the user's map).
+    pub source_ip: Option<IpAddr>,
+    /// Receiving host as logged (not lower-cased; `None` for `none`).
+    pub mx_host: Option<&'a str>,
+    pub peer_ip: Option<IpAddr>,
+    pub tls: Option<&'a str>,
+    pub dsn: Option<&'a str>,
+    pub outcome: Outcome,
+    /// `delivery temporarily suspended`: held by the queue manager, not tried on the wire.
+    pub held: bool,
+    /// The server's reply (or Postfix's reason); "" when none.
+    pub reply: &'a str,
+    /// The smtp process ID, which identifies the SMTP session; "" when none.
+    pub session: &'a str,
+}
+
+impl Delivery<'_> {
+    /// The attempt as an event at `time` (sender and message-id still empty).
+    pub fn to_event(&self, time: OffsetDateTime) -> Event {
+        let mut event = Event::new(EventType::Attempt, time);
+        event.queue_id = self.qid.to_string();
+        event.recipient = self.recipient.to_string();
+        event.origin = Some("postfix".into());
+        event.source_ip = self.source_ip;
+        event.mx_host = self.mx_host.map(str::to_ascii_lowercase);
+        event.peer_ip = self.peer_ip;
+        if let Some(tls) = self.tls {
+            event.extra.insert("tls".into(), tls.into());
+        }
+        if let Some(dsn) = self.dsn {
+            event.extra.insert("dsn".into(), dsn.into());
+        }
+        event.outcome = Some(self.outcome);
+        if self.held {
+            event.extra.insert("held".into(), true.into());
+        }
+        event.reply = (!self.reply.is_empty()).then(|| self.reply.to_string());
+        if !self.session.is_empty() {
+            event.extra.insert("session".into(), self.session.into());
+        }
+        event
+    }
 }
 
 /// Syslog header of a line: stamp, host, program tag and the message.
@@ -95,7 +146,10 @@ fn is_queue_id(s: &str) -> bool {
 
 /// Parse one line without any state. `Ok(None)`: a line of the log that carries
 /// nothing we need (another daemon, `connect from`, warnings).
-pub fn parse_line(line: &[u8], config: &ReaderConfig) -> Result<Option<Parsed>, SkipReason> {
+pub fn parse_line<'a>(
+    line: &'a [u8],
+    config: &ReaderConfig,
+) -> Result<Option<Parsed<'a>>, SkipReason> {
     let s = text(line)?;
     let h = header(s)?;
     if !h.syslog_name.starts_with("postfix") && !config.source_map.contains_key(h.syslog_name) {
@@ -108,36 +162,25 @@ pub fn parse_line(line: &[u8], config: &ReaderConfig) -> Result<Option<Parsed>, 
         return Ok(None);
     }
     let record = if let Some(rest) = body.strip_prefix("to=<") {
-        Record::Delivery(Box::new(delivery(&h, qid, rest, config)?))
+        Record::Delivery(delivery(&h, qid, rest, config)?)
     } else if let Some(rest) = body.strip_prefix("from=<") {
         let (sender, rest) = rest.split_once('>').ok_or(SkipReason::Malformed)?;
-        if rest.contains("status=expired") {
-            Record::Expired {
-                qid: qid.to_string(),
-                sender: sender.to_string(),
-            }
+        if FINDERS.expired.find(rest.as_bytes()).is_some() {
+            Record::Expired { qid, sender }
         } else if h.daemon == "qmgr" {
             let size = field(rest, "size=").and_then(|v| v.parse().ok());
-            Record::From {
-                qid: qid.to_string(),
-                sender: sender.to_string(),
-                size,
-            }
+            Record::From { qid, sender, size }
         } else {
             return Ok(None);
         }
     } else if let Some(rest) = body.strip_prefix("message-id=") {
         Record::MessageId {
-            qid: qid.to_string(),
-            message_id: rest
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string(),
+            qid,
+            message_id: rest.trim().trim_start_matches('<').trim_end_matches('>'),
         }
     } else if body == "removed" {
         Record::Removed {
-            qid: qid.to_string(),
+            qid,
             by_operator: h.daemon == "postsuper",
         }
     } else if let Some(rest) = body
@@ -145,8 +188,8 @@ pub fn parse_line(line: &[u8], config: &ReaderConfig) -> Result<Option<Parsed>, 
         .or_else(|| body.strip_prefix("sender delivery status notification: "))
     {
         Record::Notice {
-            qid: qid.to_string(),
-            dsn_qid: rest.trim().to_string(),
+            qid,
+            dsn_qid: rest.trim(),
         }
     } else {
         return Ok(None);
@@ -184,23 +227,32 @@ fn field<'a>(s: &'a str, name: &str) -> Option<&'a str> {
     Some(v.split([',', ' ']).next().unwrap_or(v))
 }
 
-fn delivery(
-    h: &Header<'_>,
-    qid: &str,
-    rest: &str,
+fn delivery<'a>(
+    h: &Header<'a>,
+    qid: &'a str,
+    rest: &'a str,
     config: &ReaderConfig,
-) -> Result<Event, SkipReason> {
+) -> Result<Delivery<'a>, SkipReason> {
     let (recipient, mut rest) = rest.split_once('>').ok_or(SkipReason::Malformed)?;
-    let mut event = Event::new(EventType::Attempt, OffsetDateTime::UNIX_EPOCH);
-    event.queue_id = qid.to_string();
-    event.recipient = recipient.to_string();
-    event.origin = Some("postfix".into());
-    event.source_ip = source_ip(h, config);
+    let mut d = Delivery {
+        qid,
+        recipient,
+        source_ip: source_ip(h, config),
+        mx_host: None,
+        peer_ip: None,
+        tls: None,
+        dsn: None,
+        outcome: Outcome::Delivered,
+        held: false,
+        reply: "",
+        session: h.pid,
+    };
     let mut status = None;
     let mut reason = "";
     // Fields are `, name=value` until `status=WORD (REASON)`, whose REASON may hold commas.
     while let Some(next) = rest.strip_prefix(", ") {
-        let (name, value_and_rest) = next.split_once('=').ok_or(SkipReason::Malformed)?;
+        let eq = memchr::memchr(b'=', next.as_bytes()).ok_or(SkipReason::Malformed)?;
+        let (name, value_and_rest) = (&next[..eq], &next[eq + 1..]);
         if name == "status" {
             let (word, tail) = value_and_rest
                 .split_once(' ')
@@ -216,22 +268,18 @@ fn delivery(
             "relay" => {
                 // HOST[IP]:PORT, or `none`, `local`, `private/dovecot-lmtp`.
                 let host_ip = value.rsplit_once("]:").map_or(value, |(hi, _)| hi);
-                let (host, ip) = host_and_ip(host_ip);
-                event.mx_host = host;
-                event.peer_ip = ip;
+                let (host, ip) = host_and_ip_raw(host_ip);
+                d.mx_host = host;
+                d.peer_ip = ip;
             }
-            "tls" => {
-                event.extra.insert("tls".into(), value.into());
-            }
-            "dsn" => {
-                event.extra.insert("dsn".into(), value.into());
-            }
+            "tls" => d.tls = Some(value),
+            "dsn" => d.dsn = Some(value),
             _ => {}
         }
         rest = &value_and_rest[end..];
     }
     let status = status.ok_or(SkipReason::Malformed)?;
-    event.outcome = Some(match status {
+    d.outcome = match status {
         "sent" | "delivered" => Outcome::Delivered,
         "bounced" => Outcome::Bounced,
         "deferred" => {
@@ -246,28 +294,59 @@ fn delivery(
             }
         }
         _ => return Err(SkipReason::Malformed),
-    });
-    if reason.starts_with("delivery temporarily suspended") {
-        // The queue manager held it without trying: not an attempt on the wire.
-        event.extra.insert("held".into(), true.into());
-    }
-    event.reply = (!reason.is_empty()).then(|| reply_of(reason).to_string());
-    if !h.pid.is_empty() {
-        event.extra.insert("session".into(), h.pid.into());
-    }
-    Ok(event)
+    };
+    // The queue manager held it without trying: not an attempt on the wire.
+    d.held = reason.starts_with("delivery temporarily suspended");
+    d.reply = if reason.is_empty() {
+        ""
+    } else {
+        reply_of(reason)
+    };
+    Ok(d)
 }
+
+/// `host[ip]` split like [`host_and_ip`], the host borrowed as logged.
+fn host_and_ip_raw(s: &str) -> (Option<&str>, Option<IpAddr>) {
+    let s = s.trim();
+    let (host, ip) = match memchr::memchr(b'[', s.as_bytes()) {
+        Some(open) => {
+            let rest = &s[open + 1..];
+            let close = memchr::memchr(b']', rest.as_bytes()).unwrap_or(rest.len());
+            (s[..open].trim(), rest[..close].parse().ok())
+        }
+        None => (s, None),
+    };
+    ((!host.is_empty() && host != "none").then_some(host), ip)
+}
+
+/// Substring searchers used on every line, built once (building one costs more than
+/// searching a short line).
+struct Finders {
+    expired: memchr::memmem::Finder<'static>,
+    said: memchr::memmem::Finder<'static>,
+    refused: memchr::memmem::Finder<'static>,
+    in_reply_to: memchr::memmem::FinderRev<'static>,
+}
+
+static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finders {
+    expired: memchr::memmem::Finder::new("status=expired"),
+    said: memchr::memmem::Finder::new(" said: "),
+    refused: memchr::memmem::Finder::new(" refused to talk to me: "),
+    in_reply_to: memchr::memmem::FinderRev::new(" (in reply to "),
+});
 
 /// The server's reply inside a Postfix reason, e.g.
 /// `host H[IP] said: 451 4.7.500 ... (in reply to RCPT TO command)` → `451 4.7.500 ...`.
 fn reply_of(reason: &str) -> &str {
-    let start = reason
-        .find(" said: ")
+    let b = reason.as_bytes();
+    let start = FINDERS
+        .said
+        .find(b)
         .map(|i| i + 7)
-        .or_else(|| reason.find(" refused to talk to me: ").map(|i| i + 24))
+        .or_else(|| FINDERS.refused.find(b).map(|i| i + 24))
         .unwrap_or(0);
     let body = &reason[start..];
-    match body.rfind(" (in reply to ") {
+    match FINDERS.in_reply_to.rfind(body.as_bytes()) {
         Some(end) if start > 0 => &body[..end],
         _ => body,
     }
@@ -312,6 +391,14 @@ pub struct Correlator {
     years: YearTracker,
 }
 
+/// What the queue knows about the message of a delivery attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub sender: &'a str,
+    pub message_id: &'a str,
+    pub size: Option<u64>,
+}
+
 impl Correlator {
     /// A correlator for a log in `config.year` (ending in `config.end_month`, if known).
     pub fn new(config: &ReaderConfig) -> Self {
@@ -321,7 +408,7 @@ impl Correlator {
             None => YearTracker::new(year),
         };
         Correlator {
-            open: HashMap::new(),
+            open: HashMap::default(),
             years,
         }
     }
@@ -331,23 +418,77 @@ impl Correlator {
         self.open.len()
     }
 
+    /// The year tracker as it stands (to resolve stamps ahead, on another thread).
+    pub fn years(&self) -> YearTracker {
+        self.years.clone()
+    }
+
+    /// The instant of a line's stamp (classic stamps get their year here, in order).
+    pub fn resolve(&mut self, stamp: Stamp) -> Option<OffsetDateTime> {
+        self.years.resolve(stamp)
+    }
+
+    /// Record a delivery attempt against its queue ID (which recipients are still
+    /// deferred) and return what is known about its message: `None` when its qmgr line
+    /// is in an earlier log (the sender is unknown, not null).
+    pub fn delivery(&mut self, d: &Delivery<'_>) -> Option<Context<'_>> {
+        let open = self.open.get_mut(d.qid)?;
+        let pending = open.deferred.iter().position(|r| r == d.recipient);
+        match (d.outcome, pending) {
+            (Outcome::Deferred | Outcome::ConnectionFailed, None) => {
+                open.deferred.push(d.recipient.to_string())
+            }
+            (Outcome::Delivered | Outcome::Bounced, Some(i)) => {
+                open.deferred.swap_remove(i);
+            }
+            _ => {}
+        }
+        Some(Context {
+            sender: &open.sender,
+            message_id: &open.message_id,
+            size: open.size,
+        })
+    }
+
     /// Join one parsed line with what is known; push the resulting events.
-    pub fn apply(&mut self, parsed: Parsed, out: &mut Vec<Event>) -> LineStatus {
+    pub fn apply(&mut self, parsed: Parsed<'_>, out: &mut Vec<Event>) -> LineStatus {
         let Some(time) = self.years.resolve(parsed.stamp) else {
             return LineStatus::Skipped(SkipReason::BadTimestamp);
         };
         match parsed.record {
+            Record::Delivery(d) => {
+                let mut event = d.to_event(time);
+                match self.delivery(&d) {
+                    Some(ctx) => {
+                        event.sender = ctx.sender.to_string();
+                        event.message_id = ctx.message_id.to_string();
+                        event.size = ctx.size;
+                    }
+                    None => {
+                        event.extra.insert("sender_unknown".into(), true.into());
+                    }
+                }
+                out.push(event);
+            }
+            other => self.queue_record(time, other, out),
+        }
+        LineStatus::Used
+    }
+
+    /// Apply a line that is not a delivery attempt (message-id, from, expired, removed,
+    /// notice) at `time`; push the resulting events (`received` once per message, final
+    /// records per recipient still deferred, notices).
+    pub fn queue_record(&mut self, time: OffsetDateTime, record: Record<'_>, out: &mut Vec<Event>) {
+        match record {
+            Record::Delivery(_) => {}
             Record::MessageId { qid, message_id } => {
-                self.open.entry(qid).or_default().message_id = message_id;
+                self.open_mut(qid).message_id = message_id.to_string();
             }
             Record::From { qid, sender, size } => {
-                let open = self.open.entry(qid.clone()).or_default();
-                open.sender = sender;
-                open.size = size.or(open.size);
-                if !open.announced {
-                    open.announced = true;
+                if self.queued(qid, sender, size) {
+                    let open = &self.open[qid];
                     let mut e = Event::new(EventType::Received, time);
-                    e.queue_id = qid;
+                    e.queue_id = qid.to_string();
                     e.message_id = open.message_id.clone();
                     e.sender = open.sender.clone();
                     e.size = open.size;
@@ -355,49 +496,43 @@ impl Correlator {
                     out.push(e);
                 }
             }
-            Record::Delivery(mut event) => {
-                event.time = time;
-                if let Some(open) = self.open.get_mut(&event.queue_id) {
-                    event.sender.clone_from(&open.sender);
-                    event.message_id.clone_from(&open.message_id);
-                    event.size = open.size;
-                    let pending = open.deferred.iter().position(|r| *r == event.recipient);
-                    match (event.outcome, pending) {
-                        (Some(Outcome::Deferred | Outcome::ConnectionFailed), None) => {
-                            open.deferred.push(event.recipient.clone())
-                        }
-                        (Some(Outcome::Delivered | Outcome::Bounced), Some(i)) => {
-                            open.deferred.swap_remove(i);
-                        }
-                        _ => {}
-                    }
-                } else {
-                    // Its qmgr line is in an earlier log: the sender is unknown, not null.
-                    event.extra.insert("sender_unknown".into(), true.into());
-                }
-                out.push(*event);
-            }
             Record::Expired { qid, sender } => {
-                let open = self.open.remove(&qid).unwrap_or_default();
-                self.final_records(EventType::Expired, time, &qid, sender, open, out);
+                let open = self.open.remove(qid).unwrap_or_default();
+                self.final_records(EventType::Expired, time, qid, sender.to_string(), open, out);
             }
             Record::Removed { qid, by_operator } => {
-                if let Some(open) = self.open.remove(&qid)
+                if let Some(open) = self.open.remove(qid)
                     && by_operator
                 {
                     let sender = open.sender.clone();
-                    self.final_records(EventType::Admin, time, &qid, sender, open, out);
+                    self.final_records(EventType::Admin, time, qid, sender, open, out);
                 }
             }
             Record::Notice { qid, dsn_qid } => {
                 let mut e = Event::new(EventType::Dsn, time);
-                e.queue_id = qid;
+                e.queue_id = qid.to_string();
                 e.origin = Some("postfix".into());
                 e.extra.insert("dsn_queue_id".into(), dsn_qid.into());
                 out.push(e);
             }
         }
-        LineStatus::Used
+    }
+
+    /// Apply a qmgr `from=` line. True when it announces the message (the first such
+    /// line of its queue ID): the caller reports it as `received`.
+    pub fn queued(&mut self, qid: &str, sender: &str, size: Option<u64>) -> bool {
+        let open = self.open_mut(qid);
+        sender.clone_into(&mut open.sender);
+        open.size = size.or(open.size);
+        !std::mem::replace(&mut open.announced, true)
+    }
+
+    /// The open state of `qid`, created if new (allocates only then).
+    fn open_mut(&mut self, qid: &str) -> &mut Open {
+        if !self.open.contains_key(qid) {
+            self.open.insert(qid.to_string(), Open::default());
+        }
+        self.open.get_mut(qid).expect("inserted above")
     }
 
     /// One record per recipient still deferred when the message left the queue.

@@ -53,15 +53,21 @@ impl YearTracker {
                 {
                     self.year -= 1;
                 }
-                if let Some(last) = self.last_month {
+                let mut year = self.year;
+                match self.last_month {
                     // A jump back of more than six months is a new year; smaller steps
                     // back are out-of-order lines, not a rollover.
-                    if (month as i32) + 6 < last as i32 {
+                    Some(last) if (month as i32) + 6 < last as i32 => {
                         self.year += 1;
+                        year = self.year;
+                        self.last_month = Some(month);
                     }
+                    // A jump forward of more than six months (December after January) is
+                    // a late line of the year before: it leaves the state as it was.
+                    Some(last) if (month as i32) > last as i32 + 6 => year -= 1,
+                    _ => self.last_month = Some(month),
                 }
-                self.last_month = Some(month);
-                let date = Date::from_calendar_date(self.year, month, day).ok()?;
+                let date = Date::from_calendar_date(year, month, day).ok()?;
                 let time = Time::from_hms(
                     (secs / 3600) as u8,
                     (secs / 60 % 60) as u8,
@@ -212,6 +218,10 @@ mod tests {
         assert_eq!(rest, "mx1 postfix/smtp[1]: x");
         assert_eq!(years.resolve(dec), Some(datetime!(2025-12-31 23:59:59 UTC)));
         let (jan, _) = classic("Jan  1 00:00:05 mx1 x").unwrap();
+        assert_eq!(years.resolve(jan), Some(datetime!(2026-01-01 00:00:05 UTC)));
+        // A late December line after the rollover is of the old year, and the next
+        // January line is not a second new year.
+        assert_eq!(years.resolve(dec), Some(datetime!(2025-12-31 23:59:59 UTC)));
         assert_eq!(years.resolve(jan), Some(datetime!(2026-01-01 00:00:05 UTC)));
     }
 
