@@ -169,6 +169,34 @@ fn the_demo_delivers_every_message_once_shows_pacing_and_triage_and_cleans_up() 
         );
     }
     assert!(text.contains("all delivered"), "{text}");
+    // The pacing reacted: the relay cut the path of the IP the receiver throttles, with
+    // the reply that moved it, and the view showed that path's state.
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let cuts: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["type"] == "pacing"
+                && e["source_ip"] == "127.0.0.2"
+                && matches!(e["extra"]["trigger"].as_str(), Some("slow-down" | "pause"))
+        })
+        .collect();
+    assert!(!cuts.is_empty(), "no cut of 127.0.0.2's path:\n{events}");
+    assert!(
+        cuts[0]["reply"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("451 4.7.") && r.contains("[127.0.0.2]")),
+        "{}",
+        cuts[0]
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("  127.0.0.2  ")
+            && ["paused", "slowed", "ramping"]
+                .iter()
+                .any(|s| l.contains(s))),
+        "the view never showed 127.0.0.2's path reacting:\n{text}"
+    );
+    assert!(!text.contains("no pacing events"), "{text}");
     // The triage summary of the relay's own event log.
     assert!(text.contains("triage"), "{text}");
     assert!(text.contains("127.0.0.2 → microsoft"), "{text}");
