@@ -251,3 +251,37 @@ fn an_interrupted_demo_exits_cleanly_and_leaves_nothing_running() {
     assert!(dir.join("events.jsonl").is_file());
     assert_nothing_left(&dir, &lines);
 }
+
+#[test]
+fn with_pacing_off_the_demo_still_delivers_everything_once_and_no_path_is_paced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let (mut guard, rx) = start_demo(
+        &dir,
+        &[
+            "--messages",
+            "20",
+            "--duration",
+            "100",
+            "--plain",
+            "--no-pacing",
+        ],
+    );
+    let mut lines = Vec::new();
+    let code = finish(&mut guard, &rx, Duration::from_secs(115), &mut lines);
+    let text = lines.join("\n");
+    assert_eq!(code, Some(0), "exit status; output:\n{text}");
+    assert!(
+        text.contains("pacing off") && text.contains("all delivered"),
+        "{text}"
+    );
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert!(
+        !events.contains("\"type\":\"pacing\""),
+        "pacing events with pacing off"
+    );
+    let accepted = ledger_accepted(&dir);
+    assert_eq!(accepted.len(), 20, "{accepted:?}");
+    assert!(accepted.values().all(|&n| n == 1), "{accepted:?}");
+    assert_nothing_left(&dir, &lines);
+}

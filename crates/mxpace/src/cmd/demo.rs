@@ -40,6 +40,10 @@ pub struct DemoArgs {
     /// a terminal).
     #[arg(long)]
     plain: bool,
+    /// Run the relay with pacing off (`[pacing] enabled = false`), to see the difference:
+    /// every due message goes at once, into the receiver's throttle.
+    #[arg(long)]
+    no_pacing: bool,
 }
 
 /// The two egress IPs. 127.0.0.2 has a poor reputation at the receiver.
@@ -89,12 +93,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "receiver  mxpace sim --profile microsoft on {sim_addr} (poor reputation for {})",
         EGRESS[1]
     );
-    std::fs::write(dir.join("relay.toml"), relay_config(&dir, sim_addr))
-        .context("writing relay.toml")?;
+    std::fs::write(
+        dir.join("relay.toml"),
+        relay_config(&dir, sim_addr, !args.no_pacing),
+    )
+    .context("writing relay.toml")?;
     let (mut relay, smtp, http) = start_relay(&exe, &dir)?;
     println!(
-        "relay     mxpace relay: SMTP {smtp}, HTTP {http}, egress {} and {}",
-        EGRESS[0], EGRESS[1]
+        "relay     mxpace relay: SMTP {smtp}, HTTP {http}, egress {} and {}{}",
+        EGRESS[0],
+        EGRESS[1],
+        if args.no_pacing { ", pacing off" } else { "" }
     );
 
     let injector = Injector::new(http, args.messages);
@@ -282,7 +291,7 @@ fn start_sim(exe: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, SocketAddr)>
     Ok((guard, addr))
 }
 
-fn relay_config(dir: &Path, sim: SocketAddr) -> String {
+fn relay_config(dir: &Path, sim: SocketAddr, pacing: bool) -> String {
     let d = dir.display();
     let mut routes = String::new();
     for t in TENANTS {
@@ -297,6 +306,7 @@ fn relay_config(dir: &Path, sim: SocketAddr) -> String {
          [[source]]\nip = \"{}\"\nehlo = \"mta2.demo.example\"\n\n\
          {routes}\
          [retry]\nschedule = [\"1s\", \"2s\", \"4s\", \"8s\"]\nmax_age = \"10m\"\njitter = 0.2\n\n\
+         [pacing]\nenabled = {pacing}\n\n\
          # The embedded pacing defaults, with their minutes compressed into seconds.\n\
          [pacing.provider.microsoft]\n\
          rate_floor = \"20/min\"\nrate_initial = \"180/min\"\nrate_ceiling = \"300/min\"\n\
