@@ -117,11 +117,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if stop.load(Ordering::SeqCst) {
             break "interrupted";
         }
-        if !sim.alive() {
-            break "the receiver exited";
-        }
-        if !relay.alive() {
-            break "the relay exited";
+        if !sim.alive() || !relay.alive() {
+            // Ctrl-C on a terminal reaches the children too; they may exit first.
+            std::thread::sleep(Duration::from_millis(200));
+            if stop.load(Ordering::SeqCst) {
+                break "interrupted";
+            }
+            break if sim.alive() {
+                "the relay exited"
+            } else {
+                "the receiver exited"
+            };
         }
         injector.step(started.elapsed())?;
         tail.read_new(&mut view.paths);
