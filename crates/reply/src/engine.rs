@@ -1,8 +1,15 @@
 //! The classifier: rules compiled into one Aho-Corasick automaton (every phrase of
 //! every rule plus the provider markers). A reply costs one pass of the automaton over
 //! its text; the phrases found select the candidate rules that need phrases, and an
-//! index by (basic code, enhanced subject) selects the candidates that need none. Only
-//! those candidates are checked, in priority order — never every rule in turn.
+//! index by (basic code, enhanced subject) selects the candidates that need none. The
+//! candidates (a bitset) are masked by basic code and provider a word at a time; only
+//! the survivors' other conditions are checked, in priority order — never every rule
+//! in turn.
+//!
+//! [`Engine::classify`] does all of this without allocating for a single-line reply
+//! and returns a [`Classified`] borrowing from the input and the rules;
+//! [`Engine::explain`] adds the facts named in the text and builds the owned
+//! [`Verdict`].
 
 use crate::extract::{extract, named_host};
 use crate::parse::{self, EnhancedCode, NotAReply, Parsed, Reply};
@@ -474,9 +481,13 @@ fn basic_code_verdict<'a>(reply: Parsed<'a>, provider: &'a str, input: &'a str) 
 /// [`Verdict`] (adding the facts named in the text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified<'a> {
+    /// Deliver, retry or bounce (the rule's, else from the basic code).
     pub action: Action,
+    /// What kind of problem the reply reports.
     pub category: Category,
+    /// Whom the problem is about.
     pub scope: Scope,
+    /// How the pacing of (egress IP × provider) should react.
     pub throttle: Throttle,
     /// `microsoft`, `google`, … or `unknown`.
     pub provider: &'a str,
