@@ -32,7 +32,7 @@ enum Command {
     /// Benchmarks and the pacing flight simulator.
     Bench(cmd::pacing::BenchArgs),
     /// One-command demo on loopback: receiver, relay, pacing, triage.
-    Demo(cmd::pacing::DemoArgs),
+    Demo(cmd::demo::DemoArgs),
     /// Read MTA logs, segment deferrals, triage, write the evidence report.
     Analyze(cmd::analyze::Args),
     /// Check a sender's identity and reputation (SPF, DKIM, DMARC, rDNS, HELO, blocklists).
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         Command::Queue(a) => cmd::relay::queue(a),
         Command::Pacing(a) => cmd::pacing::run(a),
         Command::Bench(a) => cmd::pacing::bench(a),
-        Command::Demo(a) => cmd::pacing::demo(a),
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Spf(a) => cmd::check::spf(a),

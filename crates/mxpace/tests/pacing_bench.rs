@@ -77,3 +77,38 @@ fn bench_pacing_refuses_an_unknown_scenario_and_a_bad_config_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("provider.microsoft.rate_floor"), "{err}");
 }
+
+#[test]
+fn the_warm_up_reset_variant_runs_on_the_sim_receiver_only() {
+    let out = mxpace(&[
+        "bench",
+        "pacing",
+        "--scenario",
+        "new-ip",
+        "--receiver",
+        "model",
+        "--warmup-reset-on-throttle",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --receiver sim"), "{err}");
+    let out = mxpace(&[
+        "bench",
+        "pacing",
+        "--scenario",
+        "new-ip",
+        "--scale",
+        "0.01",
+        "--warmup-reset-on-throttle",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("a throttle sends the IP back to day 0"),
+        "{text}"
+    );
+}

@@ -479,7 +479,9 @@ impl Receiver {
                 if !bucket.take(now, rate, capacity) {
                     state.throttled_until =
                         Some(now + Duration::from_secs_f64(limits.penalty_secs));
-                    state.clean_since = now;
+                    if warm.reset_on_throttle {
+                        state.clean_since = now;
+                    }
                     outcome = Err(Reason::Throttle);
                 }
             }

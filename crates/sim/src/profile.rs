@@ -115,6 +115,11 @@ pub struct Warmup {
     pub daily_growth: f64,
     /// Simulated seconds per real second for warm-up history (1440 = a day per minute).
     pub time_compression: f64,
+    /// Whether a throttle restarts the warm-up at day 0 (history counts from the last
+    /// throttle) or not (history counts from the first message seen). No source says a
+    /// deferral erases Microsoft's sending history: its 4.7.500 page expects deferrals
+    /// while a new IP ramps up and says they resolve as history builds over a few days.
+    pub reset_on_throttle: bool,
 }
 
 impl Default for Warmup {
@@ -125,6 +130,7 @@ impl Default for Warmup {
             start_rate: 5.0,
             daily_growth: 1.0,
             time_compression: 1.0,
+            reset_on_throttle: true,
         }
     }
 }

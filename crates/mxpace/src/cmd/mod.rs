@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod check;
+pub mod demo;
 pub mod explain;
 pub mod pacing;
 pub mod relay;

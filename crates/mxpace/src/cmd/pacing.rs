@@ -1,5 +1,5 @@
-//! `mxpace pacing` (state and steering of live paths), `mxpace bench pacing` (the
-//! flight simulator) and `mxpace demo`.
+//! `mxpace pacing` (state and steering of live paths) and `mxpace bench pacing` (the
+//! flight simulator).
 
 use anyhow::Context;
 use mxpace_events::{Event, EventType};
@@ -91,6 +91,11 @@ struct FlightArgs {
     /// (default 1).
     #[arg(long, value_name = "SECS")]
     retry_penalty_secs: Option<f64>,
+    /// New-IP warm-up of the `sim` receiver: a throttle sends the IP back to day 0 (the
+    /// receiver simulator's default). Without this flag warm-up days count from the IP's
+    /// first message, as Microsoft's guidance reads (see `SimReceiver::new`).
+    #[arg(long)]
+    warmup_reset_on_throttle: bool,
     /// Also write mxpace's pacing changes of each run as events (JSONL, `type: "pacing"`),
     /// timed from 2026-01-01T00:00:00Z as the simulation's start.
     #[arg(long, value_name = "FILE")]
@@ -99,10 +104,6 @@ struct FlightArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
-
-/// Flags of `mxpace demo`.
-#[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
 
 /// Show or steer the running relay's pacing paths through its admin API.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -278,9 +279,12 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let report = match a.receiver.as_str() {
+        "model" if a.warmup_reset_on_throttle => {
+            anyhow::bail!("--warmup-reset-on-throttle needs --receiver sim")
+        }
         "model" => flight::run_all(&scenarios, &config, a.seed),
         "sim" => flight::run_all_with(&scenarios, &config, a.seed, &mut |s, seed| {
-            Box::new(SimReceiver::new(s, seed))
+            Box::new(SimReceiver::new(s, seed).warmup_reset(a.warmup_reset_on_throttle))
         }),
         other => anyhow::bail!("unknown --receiver {other:?} (sim or model)"),
     };
@@ -291,6 +295,16 @@ fn bench_pacing(a: FlightArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report, &names);
+        if names.contains(&"new-ip") && a.receiver == "sim" {
+            println!(
+                "\nnew-ip warm-up: {}",
+                if a.warmup_reset_on_throttle {
+                    "a throttle sends the IP back to day 0 (--warmup-reset-on-throttle)"
+                } else {
+                    "days count from the IP's first message (a throttle does not erase them)"
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -322,6 +336,12 @@ impl SimReceiver {
             p.warmup.start_rate = start;
             p.warmup.daily_growth = growth;
             p.warmup.time_compression = 1.0;
+            // Warm-up days count from the IP's first message, not from its last throttle:
+            // Microsoft's 4.7.500-699 page (research/analysis-anchors.md, smtp-replies.md
+            // §1.5) expects these deferrals while a new IP ramps up and says they resolve
+            // "as you slowly ramp up your email traffic over a period of a few days". Were
+            // history erased by every deferral, ramping up would never resolve them.
+            p.warmup.reset_on_throttle = false;
         }
         p.tenant_pressure.domains = Vec::new();
         p.incident.share = 0.0;
@@ -334,6 +354,12 @@ impl SimReceiver {
             tenant_window: m.tenant_pressure.clone(),
             incident_window: m.incident,
         }
+    }
+
+    /// Whether a throttle sends a warming IP back to day 0 (see `--warmup-reset-on-throttle`).
+    fn warmup_reset(mut self, on: bool) -> SimReceiver {
+        self.rx.profile_mut().warmup.reset_on_throttle = on;
+        self
     }
 
     /// Tenant pressure and incidents are timed in a scenario; the sim profile's are
@@ -526,11 +552,6 @@ fn print_table(r: &Report, order: &[&str]) {
     }
 }
 
-/// The one-command demo. Needs the relay and the receiver simulator, not landed yet.
-pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`mxpace demo` needs the relay, which is not built yet")
-}
-
 /// A change of a path's limits or state as an event of `type: "pacing"`, for the one
 /// event log. `change.at` is read as milliseconds since the Unix epoch (the relay's
 /// clock). The reply that moved the limits is in `reply` when a receiver's reply did;
@@ -581,6 +602,30 @@ mod tests {
     use super::*;
     use mxpace_pacing::{Moment, Outcome, Pacing, Path};
     use mxpace_reply::{Scope, Throttle, Verdict};
+
+    #[test]
+    fn new_ip_warm_up_days_count_from_first_sight_not_from_the_last_throttle() {
+        use flight::receiver::Receiver as _;
+        let s = Scenario::builtin("new-ip", 0.01).unwrap();
+        let mut rx = SimReceiver::new(&s, 1);
+        let ip = flight::policy::source_ip(0);
+        let day = 86_400u64;
+        let accepted = |rx: &mut SimReceiver, at: u64, n: u64, id0: u64| {
+            rx.connect(ip, "t0", Moment::from_secs(at));
+            let ok = (0..n)
+                .filter(|i| rx.deliver(ip, "t0", id0 + i, Moment::from_secs(at)).is_ok())
+                .count();
+            rx.close(ip, Moment::from_secs(at));
+            ok
+        };
+        // Day 0: 10/min, so a bucket of 10; the 11th is throttled.
+        assert_eq!(accepted(&mut rx, 0, 11, 0), 10);
+        // Throttled again late on day 0.
+        assert_eq!(accepted(&mut rx, day * 9 / 10, 11, 100), 10);
+        // Day 1 (counted from the first message): 20/min, a bucket of 20 — the throttle
+        // at 0.9 days did not send the IP back to day 0.
+        assert_eq!(accepted(&mut rx, day + 120, 25, 200), 20);
+    }
 
     #[test]
     fn a_cut_becomes_a_pacing_event_carrying_the_reply_that_moved_it() {

@@ -7,7 +7,8 @@ use crate::config::PacingConfig;
 use crate::controller::{Gate, Outcome, Pacing, PacingChange};
 use crate::hold::DomainHolds;
 use crate::path::{Path, Stream};
-use mxpace_reply::{Scope, Verdict};
+use crate::retry::{RetryDecision, RetryPolicy};
+use mxpace_reply::{Action, Scope, Verdict};
 use rand::Rng;
 use rand::rngs::StdRng;
 use std::net::IpAddr;
@@ -66,16 +67,9 @@ pub struct Mxpace {
     pacing: Pacing,
     paths: Vec<Path>,
     holds: DomainHolds<usize>,
+    retry: RetryPolicy,
     log: Option<Vec<PacingChange>>,
 }
-
-/// mxpace's retry schedule in the simulator: 1 min doubling to 20 min, ±10% jitter.
-/// (crates/pacing/src/retry.rs is owned by the relay work and still a placeholder;
-/// this schedule is the simulator's until it lands.)
-const MXPACE_RETRY_FIRST: f64 = 60.0;
-const MXPACE_RETRY_MAX: f64 = 1200.0;
-/// DESIGN.md principle 5: 4xx is retried until max age (default 72 h).
-const MXPACE_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
 
 impl Mxpace {
     /// mxpace with `config`, for `ips` egress IPs sending to Microsoft.
@@ -86,6 +80,7 @@ impl Mxpace {
                 .map(|i| Path::new(source_ip(i), "microsoft"))
                 .collect(),
             holds: DomainHolds::new(Duration::from_secs(60), Duration::from_secs(1800)),
+            retry: RetryPolicy::default(),
             log: None,
         }
     }
@@ -162,15 +157,27 @@ impl Policy for Mxpace {
         self.keep(changes);
     }
 
+    /// The relay's own retry policy ([`RetryPolicy::default`]: 5, 10, 20, 40 min, then
+    /// hourly, up to +10% jitter, 72 h max age).
     fn retry_at(&mut self, m: MessageView, now: Moment, rng: &mut StdRng) -> Moment {
-        let n = m.attempts.saturating_sub(1).min(20) as i32;
-        let base = (MXPACE_RETRY_FIRST * 2f64.powi(n)).min(MXPACE_RETRY_MAX);
-        let jitter = 1.0 + rng.random_range(-0.1..0.1);
-        now.plus(Duration::from_secs_f64(base * jitter))
+        let received_ms = (m.arrival * 1000.0) as i64;
+        let now_ms = i64::try_from(now.0).unwrap_or(i64::MAX);
+        let due = match self.retry.decide(
+            Action::Retry,
+            m.attempts,
+            received_ms,
+            now_ms,
+            rng.random::<f64>(),
+        ) {
+            RetryDecision::RetryAt(ms) => ms,
+            // Max age reached: one last attempt now; the loop expires it if it fails.
+            _ => now_ms,
+        };
+        Moment(u64::try_from(due).unwrap_or(0))
     }
 
     fn max_age(&self) -> Duration {
-        MXPACE_MAX_AGE
+        self.retry.max_age
     }
 }
 

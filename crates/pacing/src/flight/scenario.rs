@@ -65,8 +65,12 @@ impl Scenario {
                 bulk: n(100_000.0),
                 ..base
             },
-            // One new IP: 10/min on day 0, doubling per clean day, up to 120/min
-            // (Microsoft: 4.7.500 "resolves as you ramp up over a few days").
+            // One new IP: 10/min on day 0, doubling per day, up to 120/min
+            // (Microsoft: 4.7.500 "resolves as you ramp up over a few days"). Our
+            // assumption, for lack of a published rule: days count from the IP's first
+            // message and a deferral does not erase them (Microsoft expects deferrals
+            // while a new IP ramps up). `mxpace bench pacing --warmup-reset-on-throttle`
+            // runs the receiver simulator's harsher variant (back to day 0 on a throttle).
             "new-ip" => Scenario {
                 ips: 1,
                 bulk: n(20_000.0),
