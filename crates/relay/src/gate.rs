@@ -62,8 +62,11 @@ pub trait PacingGate: Send + Sync {
     }
     /// An attempt on the path ended.
     fn record(&self, outcome: GateOutcome<'_>);
-    /// A connection on the path opened (after the greeting named the provider).
-    fn opened(&self, _path: &PathKey) {}
+    /// A connection the gate said Go to for `reserved` is up, on `path` (the
+    /// greeting may have named another provider than the MX host suggested). A Go
+    /// from `may_connect*` counts the connection as open from that moment; a connect
+    /// that then fails gives it back with [`PacingGate::closed`] on `reserved`.
+    fn opened(&self, _reserved: &PathKey, _path: &PathKey) {}
     /// A connection on the path closed (so concurrency can be given back).
     fn closed(&self, _path: &PathKey) {}
     /// Messages one connection on the path may carry now; `None`: the relay's own limit.

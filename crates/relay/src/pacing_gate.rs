@@ -36,6 +36,10 @@ pub struct ControllerGate {
 
 struct Inner {
     pacing: Pacing,
+    /// The configuration, for the connection limit of a path not created yet.
+    config: PacingConfig,
+    /// Per path, connections open or being opened: a slot is taken when the gate
+    /// says Go to a connect, so workers asking at the same moment cannot all open one.
     open: HashMap<Path, u32>,
     changes: Vec<PacingChange>,
     /// Per path, the last release slot handed to a held message.
@@ -50,7 +54,8 @@ impl ControllerGate {
     pub fn new(config: PacingConfig) -> ControllerGate {
         ControllerGate {
             inner: Mutex::new(Inner {
-                pacing: Pacing::new(config),
+                pacing: Pacing::new(config.clone()),
+                config,
                 open: HashMap::new(),
                 changes: Vec::new(),
                 slots: HashMap::new(),
@@ -162,24 +167,29 @@ impl PacingGate for ControllerGate {
         let path = path_of(key);
         let now = moment(now_ms);
         let mut inner = self.lock();
-        if !inner.pacing.knows(&path) {
+        let limit = if inner.pacing.knows(&path) {
+            // Would the message go? Asked without taking its token: a connection that
+            // could not carry it must not be opened (the receiver sees every connect).
+            let (gate, changes) = inner.pacing.peek_send(&path, stream_of(stream), now);
+            inner.note(changes);
+            let decision = inner.gate(gate, now_ms);
+            if decision != GateDecision::Go {
+                return decision;
+            }
+            inner.pacing.path(&path, now).limits().connections
+        } else {
             // Nothing is known against a new path; it is created with its first
-            // message. (A guessed provider, before the greeting named the real one,
-            // leaves no phantom path behind.)
-            return GateDecision::Go;
-        }
-        // Would the message go? Asked without taking its token: a connection that
-        // could not carry it must not be opened (the receiver sees every connect).
-        let (gate, changes) = inner.pacing.peek_send(&path, stream_of(stream), now);
-        inner.note(changes);
-        let decision = inner.gate(gate, now_ms);
-        if decision != GateDecision::Go {
-            return decision;
-        }
-        let limit = inner.pacing.path(&path, now).limits().connections;
-        if inner.open.get(&path).copied().unwrap_or(0) >= limit {
+            // message (a guessed provider, before the greeting named the real one,
+            // leaves no phantom path behind). Its initial connection limit still holds.
+            inner.config.for_provider(&path.provider).connections.2
+        };
+        let open = inner.open.entry(path).or_insert(0);
+        if *open >= limit.max(1) {
             return GateDecision::HoldUntil(now_ms + CONNECTIONS_FULL_RECHECK_MS);
         }
+        // The slot is taken now, not when the session is up: the connect and the
+        // greeting take time, and other workers ask meanwhile.
+        *open += 1;
         GateDecision::Go
     }
 
@@ -237,8 +247,16 @@ impl PacingGate for ControllerGate {
         inner.note(changes);
     }
 
-    fn opened(&self, key: &PathKey) {
-        *self.lock().open.entry(path_of(key)).or_insert(0) += 1;
+    fn opened(&self, reserved: &PathKey, key: &PathKey) {
+        // The greeting may have named another provider than the MX host suggested:
+        // move the slot taken in may_connect to the path the session really is on.
+        if reserved != key {
+            let mut inner = self.lock();
+            if let Some(n) = inner.open.get_mut(&path_of(reserved)) {
+                *n = n.saturating_sub(1);
+            }
+            *inner.open.entry(path_of(key)).or_insert(0) += 1;
+        }
     }
 
     fn closed(&self, key: &PathKey) {
@@ -483,13 +501,41 @@ mod tests {
         assert_eq!(g.may_send_stream(&a, "bulk", T0), GateDecision::Go);
         // Later, with tokens in the bucket again.
         let t = T0 + 5_000;
+        // Workers asking before any session is up (connect and greeting take time)
+        // each take a slot: no more Go than the limit.
         for _ in 0..limit {
             assert_eq!(g.may_connect(&a, t), GateDecision::Go);
-            g.opened(&a);
         }
+        assert!(matches!(g.may_connect(&a, t), GateDecision::HoldUntil(_)));
+        // A session that came up keeps its slot; a failed connect gives it back.
+        g.opened(&a, &a);
         assert!(matches!(g.may_connect(&a, t), GateDecision::HoldUntil(_)));
         g.closed(&a);
         assert_eq!(g.may_connect(&a, t), GateDecision::Go);
+    }
+
+    #[test]
+    fn a_new_path_gets_no_more_connections_than_its_initial_limit() {
+        let g = ControllerGate::new(PacingConfig::builtin());
+        let guessed = PathKey {
+            source_ip: Some("192.0.2.10".parse().unwrap()),
+            provider: "mx.example.net".into(),
+        };
+        let initial = PacingConfig::builtin()
+            .for_provider("mx.example.net")
+            .connections
+            .2;
+        for _ in 0..initial {
+            assert_eq!(g.may_connect(&guessed, T0), GateDecision::Go);
+        }
+        assert!(matches!(
+            g.may_connect(&guessed, T0),
+            GateDecision::HoldUntil(_)
+        ));
+        // The greeting named the provider: the slot moves to the real path.
+        let real = key("192.0.2.10");
+        g.opened(&guessed, &real);
+        assert_eq!(g.may_connect(&guessed, T0), GateDecision::Go);
     }
 
     #[test]

@@ -345,16 +345,19 @@ impl Scheduler {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(target.host.clone(), provider.clone());
+                            let reserved = path.clone();
                             let path = PathKey {
                                 provider: provider.clone(),
                                 ..path
                             };
-                            self.shared.gate.opened(&path);
+                            self.shared.gate.opened(&reserved, &path);
                             ctx.provider = Some(provider);
                             ctx.tls = s.tls;
                             return Connect::Open(Box::new((s, ctx, path, permit)));
                         }
                         Err(SessionError::Refused(reply)) => {
+                            // Give back the connection slot the gate's Go took.
+                            self.shared.gate.closed(&path);
                             let verdict = explain(&reply.text(), Some(&target.host));
                             self.shared.gate.record(GateOutcome {
                                 path: &path,
@@ -373,6 +376,8 @@ impl Scheduler {
                             ));
                         }
                         Err(e @ (SessionError::Io(_) | SessionError::Tls(_))) => {
+                            // Give back the connection slot the gate's Go took.
+                            self.shared.gate.closed(&path);
                             self.shared.gate.record(GateOutcome {
                                 path: &path,
                                 now_ms: now_ms(),

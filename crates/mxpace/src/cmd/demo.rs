@@ -273,12 +273,6 @@ fn start_sim(exe: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, SocketAddr)>
         "0",
         "--reputation",
         EGRESS[1],
-        // No per-IP connection cap: the relay currently keeps more sessions open to one
-        // path than the path's pacing connection limit (seen 2026-11-23: 8 open from
-        // 127.0.0.2 with a limit of 1–2), and the receiver's 421 4.7.652 would then stall
-        // the demo in connection failures. Reported; put the cap back once fixed.
-        "--per-ip-connections",
-        "0",
         "--ledger",
     ]
     .iter()
