@@ -4,6 +4,7 @@
 //! bounced or expired) and is pruned past the maximum queue age.
 
 use crate::knowledge::{self, Providers};
+use crate::recent::RecentSet;
 use mxpace_events::{Event, EventType, Outcome};
 use mxpace_reply::Verdict;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -12,10 +13,13 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use time::OffsetDateTime;
 
-/// A second delivery of the same message to the same recipient is looked for within
-/// 24–48 h: an application's resubmission happens within hours, and older state would make
-/// memory grow with the log.
-pub const DUPLICATE_HORIZON_SECS: i64 = 86_400;
+/// Buckets of the recent-deliveries table for the duplicate-delivery check: 2^18 × 8 =
+/// 2 097 152 (message, recipient) fingerprints, 16 MiB whatever the size of the log. A
+/// delivery stays until 8 later ones land in its bucket: a duplicate after 500 000 other
+/// deliveries is still found with probability 99.9 % (Poisson, mean 1.9 per bucket), after
+/// 1 000 000 with 95 %. That is hours of traffic for a large sender, which covers retries
+/// after a lost 250 reply and an application's resubmissions (see [`crate::recent`]).
+pub const DUPLICATE_BUCKETS: usize = 1 << 18;
 
 /// Settings of the analysis.
 #[derive(Debug, Clone)]
@@ -338,11 +342,9 @@ pub struct Analyzer {
     /// Arrival time and open-recipient count per queue ID (hashed); dropped when the
     /// last open recipient leaves, so it is bounded by messages in flight.
     arrivals: HashMap<u64, Arrival>,
-    /// Hashes of delivered (message, recipient), in two generations of
-    /// [`DUPLICATE_HORIZON_SECS`] each: duplicates are found up to two horizons apart and
-    /// memory is bounded by deliveries per horizon, not by the size of the log.
-    delivered: [HashSet<u64>; 2],
-    delivered_since: Option<OffsetDateTime>,
+    /// Hashes of the most recent delivered (message, recipient): fixed size
+    /// ([`DUPLICATE_BUCKETS`]), so memory does not grow with the log.
+    delivered: RecentSet,
     /// (hash of source IP × provider, bucket) → hashes of session IDs.
     sessions: HashMap<(u64, i64), HashSet<u64>>,
     flagged_sessions: HashSet<(u64, i64)>,
@@ -376,8 +378,7 @@ impl Analyzer {
             held: 0,
             open: HashMap::default(),
             arrivals: HashMap::default(),
-            delivered: Default::default(),
-            delivered_since: None,
+            delivered: RecentSet::new(DUPLICATE_BUCKETS),
             sessions: HashMap::default(),
             flagged_sessions: HashSet::default(),
             hasher: Default::default(),
@@ -543,23 +544,30 @@ impl Analyzer {
     /// recipient's retries, its end.
     fn ordered(&mut self, e: &AttemptView<'_>, provider: &str, outcome: Outcome) {
         if let Some(session) = e.session {
-            let (ip, _) = self.tally.ip_and_path(e.source_ip, provider);
-            self.session(&ip, provider, e.time, session);
+            self.session(e.source_ip, provider, e.time, session);
         }
         self.recipient(e, outcome, is_deferral(outcome), e.reply);
     }
 
-    fn session(&mut self, ip: &str, provider: &str, t: OffsetDateTime, session: &str) {
+    fn session(
+        &mut self,
+        source_ip: Option<std::net::IpAddr>,
+        provider: &str,
+        t: OffsetDateTime,
+        session: &str,
+    ) {
         let bucket = t
             .unix_timestamp()
             .div_euclid(self.config.session_bucket_secs);
-        let key = (self.hasher.hash_one((ip, provider)), bucket);
+        // Keyed by the address itself: its text is made only for an example.
+        let key = (self.hasher.hash_one((source_ip, provider)), bucket);
         let session = self.hasher.hash_one(session);
         let set = self.sessions.entry(key).or_default();
         set.insert(session);
         let n = set.len();
         let limit = self.config.providers.max_connections(provider) as usize;
         if n > limit && self.flagged_sessions.insert(key) {
+            let (ip, _) = self.tally.ip_and_path(source_ip, provider);
             let example = format!(
                 "{} {ip} → {provider}: {n} parallel sessions within {} s (limit {limit})",
                 rfc3339(t),
@@ -572,15 +580,11 @@ impl Analyzer {
     fn recipient(&mut self, e: &AttemptView<'_>, outcome: Outcome, deferred: bool, reply: &str) {
         let t = e.time;
         let key = self.hasher.hash_one((e.queue_id, e.recipient));
-        let state = self.open.entry(key).or_insert_with(|| RecipientState {
-            first: t,
-            last: t,
-            attempts: 0,
-            deferrals: 0,
-            last_deferred: false,
-            last_reply: String::new(),
-        });
-        if state.attempts > 0 && state.last_deferred {
+        let qid = self.hasher.hash_one(e.queue_id);
+        if let Some(state) = self.open.get(&key)
+            && state.attempts > 0
+            && state.last_deferred
+        {
             let gap = (t - state.last).whole_seconds();
             if gap < self.config.retry_storm_secs {
                 let example = format!(
@@ -593,16 +597,22 @@ impl Analyzer {
                 self.flag(1, example);
             }
         }
-        let state = self.open.get_mut(&key).expect("inserted above");
-        let first_attempt = state.attempts == 0;
-        state.attempts += 1;
-        state.last = t;
-        state.last_deferred = deferred;
         if deferred {
+            let state = self.open.entry(key).or_insert_with(|| RecipientState {
+                first: t,
+                last: t,
+                attempts: 0,
+                deferrals: 0,
+                last_deferred: false,
+                last_reply: String::new(),
+            });
+            let first_attempt = state.attempts == 0;
+            state.attempts += 1;
+            state.last = t;
+            state.last_deferred = true;
             state.deferrals += 1;
             state.last_reply = truncate(reply, 120);
             let first = state.first;
-            let qid = self.hasher.hash_one(e.queue_id);
             let arrival = match self.arrivals.get_mut(&qid) {
                 Some(a) => {
                     a.open += first_attempt as u32;
@@ -613,26 +623,41 @@ impl Analyzer {
             self.health.retry_age[age_bucket((t - arrival).whole_seconds())] += 1;
             return;
         }
-        let state = self.open.remove(&key).expect("present");
-        let arrived = if first_attempt {
-            self.arrivals
-                .get(&self.hasher.hash_one(e.queue_id))
-                .map(|a| a.time)
-        } else {
-            let time = self
-                .arrivals
-                .get(&self.hasher.hash_one(e.queue_id))
-                .map(|a| a.time);
-            self.release_arrival(e.queue_id);
-            time
-        };
-        if first_attempt {
-            // Never counted as open: nothing to release; drop the arrival if it was the last.
-            let qid = self.hasher.hash_one(e.queue_id);
-            if self.arrivals.get(&qid).is_some_and(|a| a.open == 0) {
-                self.arrivals.remove(&qid);
+        // The recipient leaves the queue: one lookup removes its open state, if any (a
+        // delivery at the first attempt never had any).
+        let earlier = self.open.remove(&key);
+        let first_attempt = earlier.is_none();
+        let state = match earlier {
+            Some(mut s) => {
+                s.attempts += 1;
+                s.last = t;
+                s.last_deferred = false;
+                s
             }
-        }
+            None => RecipientState {
+                first: t,
+                last: t,
+                attempts: 1,
+                deferrals: 0,
+                last_deferred: false,
+                last_reply: String::new(),
+            },
+        };
+        let arrived = match self.arrivals.get_mut(&qid) {
+            Some(a) => {
+                let time = a.time;
+                // An open recipient leaves; one never counted as open only drops the
+                // arrival if it was the message's last.
+                if !first_attempt {
+                    a.open = a.open.saturating_sub(1);
+                }
+                if a.open == 0 {
+                    self.arrivals.remove(&qid);
+                }
+                Some(time)
+            }
+            None => None,
+        };
         self.count_retries(state.attempts);
         match outcome {
             Outcome::Delivered => {
@@ -651,13 +676,7 @@ impl Analyzer {
                     e.message_id
                 };
                 let key = self.hasher.hash_one((message, e.recipient));
-                let since = *self.delivered_since.get_or_insert(t);
-                if (t - since).whole_seconds() > DUPLICATE_HORIZON_SECS {
-                    self.delivered.swap(0, 1);
-                    self.delivered[0].clear();
-                    self.delivered_since = Some(t);
-                }
-                if self.delivered[1].contains(&key) || !self.delivered[0].insert(key) {
+                if self.delivered.check_and_insert(key) {
                     let example = format!(
                         "{} {} to {}: delivered again (queue {})",
                         rfc3339(t),

@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod generate;
 pub mod knowledge;
+pub mod recent;
 pub mod render;
 pub mod report;
 pub mod run;
