@@ -135,6 +135,10 @@ pub struct PathSnapshot {
     pub band: Band,
 }
 
+/// How many increase intervals the acceptance measured at a cut spans: long enough to
+/// hold more than one burst, short enough that a ramp does not drag the average down.
+const MEASURE_INTERVALS: u32 = 2;
+
 #[derive(Debug, Clone)]
 struct Breaker {
     consecutive_failures: u32,
@@ -167,7 +171,7 @@ pub struct PathPacing {
     last_refill: Moment,
     breaker: Breaker,
     window: DeferralWindow,
-    /// Deliveries over the same window: what the receiver actually took.
+    /// Deliveries over the last few intervals: what the receiver actually took lately.
     delivered: DeferralWindow,
     /// When the path was created (the window is shorter than its span until then).
     created: Moment,
@@ -210,7 +214,7 @@ impl PathPacing {
                 cooldown: cfg.breaker_cooldown,
             },
             window: DeferralWindow::new(cfg.window),
-            delivered: DeferralWindow::new(cfg.window),
+            delivered: DeferralWindow::new(cfg.increase_interval * MEASURE_INTERVALS),
             created: now,
             last_token_hold: None,
             band: Band::Normal,
@@ -565,7 +569,8 @@ impl PathPacing {
         Some(self.change(now, trigger, before, &v.text))
     }
 
-    /// Messages per second the receiver accepted over the recent window — but only when
+    /// Messages per second the receiver accepted over the last [`MEASURE_INTERVALS`]
+    /// increase intervals — but only when
     /// the path was held by its own rate in that window (it offered more than it
     /// delivered): a quiet path's deliveries measure its demand, not the receiver.
     fn measured_acceptance(&mut self, now: Moment) -> Option<f64> {
@@ -583,7 +588,7 @@ impl PathPacing {
         // a burst, not a rate.
         let span = now
             .since(self.created)
-            .min(self.cfg.window)
+            .min(self.cfg.increase_interval * MEASURE_INTERVALS)
             .max(self.cfg.increase_interval)
             .as_secs_f64();
         Some(f64::from(delivered) / span)
