@@ -135,6 +135,10 @@ pub struct PathSnapshot {
     pub band: Band,
 }
 
+/// How many increase intervals the acceptance measured at a cut spans: long enough to
+/// hold more than one burst, short enough that a ramp does not drag the average down.
+const MEASURE_INTERVALS: u32 = 2;
+
 #[derive(Debug, Clone)]
 struct Breaker {
     consecutive_failures: u32,
@@ -167,6 +171,13 @@ pub struct PathPacing {
     last_refill: Moment,
     breaker: Breaker,
     window: DeferralWindow,
+    /// Deliveries over the last few intervals: what the receiver actually took lately.
+    delivered: DeferralWindow,
+    /// When the path was created (the window is shorter than its span until then).
+    created: Moment,
+    /// The last time a message waited for a token: the path was sending as fast as its
+    /// rate allowed, so its deliveries measure the receiver, not our demand.
+    last_token_hold: Option<Moment>,
     band: Band,
 }
 
@@ -203,6 +214,9 @@ impl PathPacing {
                 cooldown: cfg.breaker_cooldown,
             },
             window: DeferralWindow::new(cfg.window),
+            delivered: DeferralWindow::new(cfg.increase_interval * MEASURE_INTERVALS),
+            created: now,
+            last_token_hold: None,
             band: Band::Normal,
             cfg,
         }
@@ -334,6 +348,7 @@ impl PathPacing {
             }
             (Gate::Go, change)
         } else {
+            self.last_token_hold = Some(now);
             let wait = (1.0 - self.tokens) / rate.max(1e-9);
             (
                 Gate::HoldUntil(now.plus(Duration::from_secs_f64(wait.min(86400.0)))),
@@ -377,6 +392,9 @@ impl PathPacing {
             Outcome::ConnectionFailed(v) => (true, v, true),
         };
         self.window.record(now, path_deferral);
+        if matches!(outcome, Outcome::Delivered) {
+            self.delivered.record(now, false);
+        }
         if let Some(c) = self.update_band(now, verdict) {
             changes.push(c);
         }
@@ -494,12 +512,17 @@ impl PathPacing {
         // Remember the rate that ran into trouble — but a chain of cuts with no increase
         // between them (an incident, a long throttle) keeps the first: the rate that
         // worked before, not the floor the chain drove us to.
+        let taken = self.measured_acceptance(now);
         if self.last_cut_rate.is_none() || self.increased_since_cut {
-            self.last_cut_rate = Some(self.rate);
+            // What the receiver took is a better guess of the safe rate than what we
+            // offered: a new path started far above a warming IP's budget would
+            // otherwise climb straight back to the rate that failed.
+            self.last_cut_rate = Some(taken.map_or(self.rate, |t| t.min(self.rate)));
         }
         self.increased_since_cut = false;
         self.last_cut = Some(now);
-        self.rate = (self.rate * factor).max(self.cfg.rate_floor);
+        let cut = self.rate * factor;
+        self.rate = taken.map_or(cut, |t| t.min(cut)).max(self.cfg.rate_floor);
         self.connections =
             ((f64::from(self.connections) * factor).floor() as u32).max(self.cfg.connections.0);
         if pause_class {
@@ -544,6 +567,31 @@ impl PathPacing {
             self.set_state(PathState::Paused, now, &v.text);
         }
         Some(self.change(now, trigger, before, &v.text))
+    }
+
+    /// Messages per second the receiver accepted over the last [`MEASURE_INTERVALS`]
+    /// increase intervals — but only when
+    /// the path was held by its own rate in that window (it offered more than it
+    /// delivered): a quiet path's deliveries measure its demand, not the receiver.
+    fn measured_acceptance(&mut self, now: Moment) -> Option<f64> {
+        let busy = self
+            .last_token_hold
+            .is_some_and(|t| now.since(t) < self.cfg.window);
+        if !busy {
+            return None;
+        }
+        let (delivered, _) = self.delivered.counts(now);
+        if delivered == 0 {
+            return None;
+        }
+        // A young path has not lived a whole window; under one interval the sample is
+        // a burst, not a rate.
+        let span = now
+            .since(self.created)
+            .min(self.cfg.increase_interval * MEASURE_INTERVALS)
+            .max(self.cfg.increase_interval)
+            .as_secs_f64();
+        Some(f64::from(delivered) / span)
     }
 
     /// Up to a tenth of `d`, the same for the same path and pause count, different

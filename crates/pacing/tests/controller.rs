@@ -509,3 +509,60 @@ fn after_a_chain_of_cuts_the_path_climbs_back_towards_the_rate_that_worked_befor
         "{low} -> {back} (r0 {r0})"
     );
 }
+
+#[test]
+fn a_busy_path_cut_by_a_throttle_falls_to_what_the_receiver_took_and_stays_under_it() {
+    // A new path starts at 60/min; the receiver (a warming IP) takes 10 and then
+    // answers S77714. The cut goes to the measured 10/min, not to 0.8 × 60, and the
+    // climb back aims just under 10/min, not back at 60.
+    let mut p = pacing();
+    let a = path(IP_A, "microsoft");
+    let mut delivered = 0;
+    let mut cut_at = None;
+    for s in 0..60 {
+        // A full queue: the scheduler asks again at once and is held.
+        if let (Gate::Go, _) = p.try_send(&a, Stream::Bulk, t(s)) {
+            let _ = p.try_send(&a, Stream::Bulk, t(s));
+            if delivered < 10 {
+                p.on_outcome(&a, Outcome::Delivered, t(s));
+                delivered += 1;
+            } else {
+                p.on_outcome(&a, Outcome::Deferred(&s77714(IP_A)), t(s));
+                cut_at = Some(s);
+                break;
+            }
+        }
+    }
+    let cut_at = cut_at.expect("the eleventh message met the throttle");
+    let after_cut = rate(&mut p, &a, t(cut_at));
+    assert!(
+        (9.0..=10.5).contains(&after_cut),
+        "cut to what was taken (10 in the first minute), got {after_cut}/min"
+    );
+    deliver_for(&mut p, &a, cut_at + 1, 15 * 60);
+    let later = rate(&mut p, &a, t(cut_at + 15 * 60));
+    assert!(
+        later <= 10.0,
+        "climbs back to just under the measured rate, got {later}/min"
+    );
+}
+
+#[test]
+fn a_quiet_path_is_cut_by_the_factor_not_by_its_small_demand() {
+    // Two messages a minute never wait for a token: their count measures our demand,
+    // not the receiver, and must not drive the cut.
+    let mut p = pacing();
+    let a = path(IP_A, "microsoft");
+    for m in 0..10 {
+        let now = t(m * 30);
+        assert_eq!(p.try_send(&a, Stream::Bulk, now).0, Gate::Go);
+        p.on_outcome(&a, Outcome::Delivered, now);
+    }
+    let before = rate(&mut p, &a, t(301));
+    p.on_outcome(&a, Outcome::Deferred(&s77714(IP_A)), t(301));
+    let r = rate(&mut p, &a, t(301));
+    assert!(
+        (r - 0.8 * before).abs() < 1e-6,
+        "0.8 × {before}/min, got {r}"
+    );
+}
