@@ -545,3 +545,50 @@ fn the_relay_refuses_a_bad_pacing_config_at_start_naming_the_key() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn a_path_never_has_more_connections_open_than_its_pacing_limit() {
+    // The receiver refuses a third connection from one IP (421 4.7.652). Four
+    // recipient domains on the same Microsoft host let the relay's workers ask for
+    // connections at the same moment; the path's limit (2) must hold across them,
+    // though every worker asks before any of their sessions is up.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let sim = Sim::start(
+        "127.0.0.1:0",
+        &ledger,
+        &["--per-ip-rate", "6000/min", "--per-ip-connections", "2"],
+    );
+    let config = relay_config(dir.path(), sim.addr, &["127.0.0.1"]);
+    let domains = ["example.test", "a.test", "b.test", "c.test"];
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for d in &domains[1..] {
+        text.push_str(&format!("[route.\"{d}\"]\nhosts = [\"{}\"]\n", sim.addr));
+    }
+    std::fs::write(&config, text).unwrap();
+    let (_relay, _smtp, http_addr) = common::spawn_relay(dir.path(), &config);
+    let http_addr = http_addr.unwrap();
+    // The first session teaches the relay that this host is Microsoft (it is an IP
+    // literal here, so only the greeting says so); from then on the path is known.
+    inject(http_addr, "first@example.test", "bulk");
+    wait_until("the first delivery", Duration::from_secs(20), || {
+        accepted(&ledger).contains_key("first@example.test")
+    });
+    let rcpts: Vec<String> = (0..40)
+        .map(|i| format!("r{i}@{}", domains[i % domains.len()]))
+        .collect();
+    for r in &rcpts {
+        inject(http_addr, r, "bulk");
+    }
+    wait_until("every message accepted", Duration::from_secs(60), || {
+        let got = accepted(&ledger);
+        rcpts.iter().all(|r| got.contains_key(r))
+    });
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let refused: Vec<&str> = events.lines().filter(|l| l.contains("4.7.652")).collect();
+    assert!(
+        refused.is_empty(),
+        "the receiver refused connections over its per-IP cap: {refused:?}"
+    );
+    assert!(accepted(&ledger).values().all(|&n| n == 1), "a duplicate");
+}
