@@ -4,7 +4,7 @@
 //! is killed by a Drop guard; every port is picked free (port 0).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,28 +24,17 @@ struct Sim {
 impl Sim {
     fn start(dir: &Path) -> Sim {
         let ledger = dir.join("ledger.jsonl");
-        let mut child = Command::new(BIN)
-            .args(["sim", "--profile", "script", "--listen", "127.0.0.1:0"])
-            .args(["--seed", "1", "--ledger"])
-            .arg(&ledger)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting mxpace sim");
-        let stdout = child.stdout.take().unwrap();
-        let guard = Guard(child);
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next()
-            .expect("mxpace sim printed nothing (did it fail to start?)")
-            .unwrap();
-        let addr = first
-            .strip_prefix("listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line from mxpace sim: {first}"))
-            .parse()
-            .unwrap();
-        std::thread::spawn(move || for _ in lines {});
+        let ledger_arg = ledger.to_str().unwrap();
+        let (guard, addr) = common::spawn_sim(&[
+            "--profile",
+            "script",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "1",
+            "--ledger",
+            ledger_arg,
+        ]);
         Sim {
             _guard: guard,
             addr,

@@ -227,15 +227,19 @@ impl Scheduler {
             if next != Next::Keep
                 && let Some((s, _, p, _permit)) = conn.take()
             {
-                self.shared.gate.closed(&p);
                 if next == Next::Quit {
                     s.quit().await;
+                } else {
+                    drop(s);
                 }
+                // Given back once the session is gone: the receiver counts a
+                // connection until it closes, not until we decide to close it.
+                self.shared.gate.closed(&p);
             }
         }
         if let Some((s, _, p, _permit)) = conn.take() {
-            self.shared.gate.closed(&p);
             s.quit().await;
+            self.shared.gate.closed(&p);
         }
     }
 

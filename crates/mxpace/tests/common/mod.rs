@@ -1,5 +1,5 @@
 //! Helpers shared by the relay test files: a kill-on-drop guard, polling with a
-//! timeout, and starting `mxpace relay` on free ports.
+//! timeout, and starting `mxpace relay` and `mxpace sim` on free ports.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -60,4 +60,34 @@ pub fn spawn_relay(dir: &Path, config: &Path) -> (Guard, SocketAddr, Option<Sock
     std::thread::spawn(move || for _ in lines {});
     let smtp = smtp.expect("relay printed no smtp address (did it fail to start?)");
     (guard, smtp, http)
+}
+
+/// Starts `mxpace sim ARGS...` and reads its `listening on ADDR` line.
+/// Returns the guard and the address it listens on.
+// Not every test file that shares this module starts a sim.
+#[allow(dead_code)]
+pub fn spawn_sim(args: &[&str]) -> (Guard, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("sim")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting mxpace sim");
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .expect("mxpace sim printed nothing (did it fail to start?)")
+        .unwrap();
+    let addr = first
+        .strip_prefix("listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line from mxpace sim: {first}"))
+        .parse()
+        .unwrap();
+    // Keep draining stdout so the sim never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (guard, addr)
 }
