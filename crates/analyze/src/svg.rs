@@ -4,10 +4,18 @@
 use crate::report::{Band, Series};
 use std::fmt::Write;
 
-const W: f64 = 760.0;
+const W: f64 = 800.0;
 const H: f64 = 260.0;
 const LEFT: f64 = 56.0;
-const RIGHT: f64 = 180.0;
+/// Room for the legend: "198.51.100.1 → microsoft" fits at 11 px.
+const RIGHT: f64 = 200.0;
+/// Legend names longer than this are cut (the whole name stays in a tooltip).
+const LEGEND_CHARS: usize = 28;
+/// Series with at most this many points get a dot (with a tooltip) at each point: a
+/// single window would otherwise draw no line at all, and few points read better as dots.
+const DOTS_UP_TO: usize = 48;
+/// Time labels along the x axis (first and last included).
+const TIME_TICKS: i64 = 5;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 36.0;
 const COLOURS: [&str; 8] = [
@@ -94,16 +102,21 @@ pub fn rate_chart(title: &str, series: &[&Series], window_secs: i64, bands: (f64
             r#"<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{}"/>"#,
             points.join(" ")
         );
-        let ly = TOP + 14.0 * i as f64;
-        let _ = write!(
-            out,
-            r#"<rect x="{}" y="{:.1}" width="10" height="3" fill="{colour}"/><text x="{}" y="{:.1}">{}</text>"#,
-            W - RIGHT + 40.0,
-            ly + 2.0,
-            W - RIGHT + 54.0,
-            ly + 6.0,
-            escape(&s.name)
-        );
+        if s.points.len() <= DOTS_UP_TO {
+            for (p, xy) in s.points.iter().zip(&points) {
+                let (cx, cy) = xy.split_once(',').unwrap_or(("0", "0"));
+                let _ = write!(
+                    out,
+                    r#"<circle cx="{cx}" cy="{cy}" r="2.6" fill="{colour}"><title>{} {} UTC: {} of {} deferred ({:.1} %)</title></circle>"#,
+                    escape(&s.name),
+                    hhmm(p.start),
+                    p.deferred,
+                    p.attempts,
+                    rate(p.deferred, p.attempts) * 100.0
+                );
+            }
+        }
+        legend_entry(&mut out, i, colour, 3.0, &s.name);
     }
     out.push_str("</svg>");
     out
@@ -133,7 +146,6 @@ pub fn band_chart(title: &str, series: &[&Series], window_secs: i64) -> String {
         .max(1) as f64;
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let bw = (window_secs as f64 / (x1 - x0).max(1) as f64 * pw - 1.0).max(1.0);
-    let _ = write!(out, r#"<text x="8" y="{}">attempts</text>"#, TOP - 6.0);
     let _ = write!(
         out,
         r#"<text x="8" y="{}">{}</text>"#,
@@ -164,15 +176,7 @@ pub fn band_chart(title: &str, series: &[&Series], window_secs: i64) -> String {
             base -= h;
         }
     }
-    let _ = write!(
-        out,
-        r##"<text x="{LEFT}" y="{}">{}</text><text x="{}" y="{}" text-anchor="end">{}</text>"##,
-        H - 10.0,
-        hhmm(x0),
-        LEFT + pw,
-        H - 10.0,
-        hhmm(x1)
-    );
+    time_labels(&mut out, x0, x1, pw);
     for (i, (label, colour)) in [
         ("normal", "#5aa05a"),
         ("watch", "#e6a700"),
@@ -181,14 +185,7 @@ pub fn band_chart(title: &str, series: &[&Series], window_secs: i64) -> String {
     .iter()
     .enumerate()
     {
-        let ly = TOP + 14.0 * i as f64;
-        let _ = write!(
-            out,
-            r#"<rect x="{}" y="{ly}" width="10" height="10" fill="{colour}"/><text x="{}" y="{}">{label}</text>"#,
-            W - RIGHT + 40.0,
-            W - RIGHT + 54.0,
-            ly + 9.0
-        );
+        legend_entry(&mut out, i, colour, 10.0, label);
     }
     out.push_str("</svg>");
     out
@@ -197,14 +194,56 @@ pub fn band_chart(title: &str, series: &[&Series], window_secs: i64) -> String {
 fn axes(out: &mut String, x0: i64, x1: i64, y_max: f64, pw: f64, ph: f64) {
     let _ = write!(
         out,
-        r##"<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{b}" stroke="#444"/><line x1="{LEFT}" x2="{r}" y1="{b}" y2="{b}" stroke="#444"/><text x="8" y="{t}">{:.0} %</text><text x="8" y="{b}">0 %</text><text x="{LEFT}" y="{yl}">{}</text><text x="{r}" y="{yl}" text-anchor="end">{}</text>"##,
+        r##"<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{b}" stroke="#444"/><line x1="{LEFT}" x2="{r}" y1="{b}" y2="{b}" stroke="#444"/><text x="8" y="{t}">{:.0} %</text><text x="8" y="{b}">0 %</text>"##,
         y_max * 100.0,
-        hhmm(x0),
-        hhmm(x1),
         b = TOP + ph,
         r = LEFT + pw,
         t = TOP + 4.0,
-        yl = H - 10.0
+    );
+    time_labels(out, x0, x1, pw);
+}
+
+/// `TIME_TICKS` evenly spaced UTC labels under the plot, each with a tick mark.
+fn time_labels(out: &mut String, x0: i64, x1: i64, pw: f64) {
+    let (b, yl) = (H - BOTTOM, H - 10.0);
+    for i in 0..TIME_TICKS {
+        let t = x0 + (x1 - x0) * i / (TIME_TICKS - 1);
+        let x = LEFT + pw * i as f64 / (TIME_TICKS - 1) as f64;
+        let anchor = match i {
+            0 => "start",
+            i if i == TIME_TICKS - 1 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{b}" y2="{}" stroke="#444"/><text x="{x:.1}" y="{yl}" text-anchor="{anchor}">{}</text>"##,
+            b + 4.0,
+            hhmm(t)
+        );
+    }
+}
+
+/// One legend line: a swatch `swatch_h` tall and the name (cut to `LEGEND_CHARS`, the
+/// whole name in a tooltip).
+fn legend_entry(out: &mut String, i: usize, colour: &str, swatch_h: f64, name: &str) {
+    let ly = TOP + 14.0 * i as f64;
+    let shown: String = if name.chars().count() > LEGEND_CHARS {
+        name.chars()
+            .take(LEGEND_CHARS - 1)
+            .chain(std::iter::once('…'))
+            .collect()
+    } else {
+        name.to_string()
+    };
+    let _ = write!(
+        out,
+        r#"<g><title>{}</title><rect x="{}" y="{:.1}" width="10" height="{swatch_h}" fill="{colour}"/><text x="{}" y="{:.1}">{}</text></g>"#,
+        escape(name),
+        W - RIGHT + 20.0,
+        ly + 5.0 - swatch_h / 2.0,
+        W - RIGHT + 34.0,
+        ly + 9.0,
+        escape(&shown)
     );
 }
 
@@ -213,5 +252,74 @@ fn rate(deferred: u64, attempts: u64) -> f64 {
         0.0
     } else {
         deferred as f64 / attempts as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Point;
+
+    fn series(name: &str, points: &[(i64, u64, u64)]) -> Series {
+        Series {
+            name: name.to_string(),
+            points: points
+                .iter()
+                .map(|&(start, attempts, deferred)| Point {
+                    start,
+                    attempts,
+                    deferred,
+                    band: Band::Normal,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_single_window_is_drawn_as_a_dot_with_its_figures() {
+        let s = series("microsoft", &[(1_795_420_800, 200, 30)]);
+        let svg = rate_chart("rate", &[&s], 600, (0.01, 0.05));
+        assert_eq!(svg.matches("<circle").count(), 1, "{svg}");
+        assert!(svg.contains("microsoft 11-23 08:00 UTC: 30 of 200 deferred (15.0 %)"));
+    }
+
+    #[test]
+    fn long_series_are_lines_without_dots() {
+        let points: Vec<_> = (0..DOTS_UP_TO as i64 + 1)
+            .map(|i| (i * 600, 10, 1))
+            .collect();
+        let s = series("google", &points);
+        let svg = rate_chart("rate", &[&s], 600, (0.01, 0.05));
+        assert_eq!(svg.matches("<circle").count(), 0);
+        assert_eq!(svg.matches("<polyline").count(), 1);
+    }
+
+    #[test]
+    fn long_legend_names_are_cut_and_kept_whole_in_a_tooltip() {
+        let name = "2001:db8:1234:5678:9abc:def0:1234:5678 → microsoft";
+        let s = series(name, &[(0, 1, 0), (600, 1, 1)]);
+        let svg = rate_chart("rate", &[&s], 600, (0.01, 0.05));
+        assert!(svg.contains(&format!("<g><title>{name}</title>")));
+        let cut: String = name.chars().take(LEGEND_CHARS - 1).collect();
+        assert!(svg.contains(&format!(">{cut}…</text>")), "{svg}");
+    }
+
+    #[test]
+    fn the_time_axis_has_evenly_spaced_labels() {
+        let s = series("p", &[(0, 1, 0), (3000, 1, 0)]);
+        let svg = band_chart("bands", &[&s], 600);
+        // 0 … 3600 s in five labels: 00:00, 00:15, 00:30, 00:45, 01:00.
+        for label in [
+            "01-01 00:00",
+            "01-01 00:15",
+            "01-01 00:30",
+            "01-01 00:45",
+            "01-01 01:00",
+        ] {
+            assert!(
+                svg.contains(&format!(">{label}</text>")),
+                "{label} in {svg}"
+            );
+        }
     }
 }
