@@ -1,68 +1,35 @@
 //! `mxpace sim` driven by independent SMTP clients (Python's smtplib, swaks), on
 //! loopback only, asserting the exact reply texts, budgets, penalties and the ledger.
 
+mod common;
+
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running simulator, killed when dropped (also on panic).
 struct Sim {
-    child: Child,
-    addrs: Vec<String>,
+    guard: common::Guard,
+    addrs: Vec<SocketAddr>,
 }
 
 impl Sim {
+    /// `mxpace sim ARGS` (on 127.0.0.1:0 unless ARGS name `--listen`), once it listens.
     fn start(args: &[&str]) -> Sim {
         let listens = args.iter().filter(|a| **a == "--listen").count().max(1);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxpace"));
-        cmd.arg("sim").args(args);
+        let mut all = args.to_vec();
         if !args.contains(&"--listen") {
-            cmd.args(["--listen", "127.0.0.1:0"]);
+            all.extend(["--listen", "127.0.0.1:0"]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mxpace sim");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sim = Sim {
-            child,
-            addrs: Vec::new(),
-        };
-        while sim.addrs.len() < listens {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("mxpace sim printed its listen addresses");
-            let addr = line
-                .strip_prefix("listening on ")
-                .and_then(|r| r.split(' ').next())
-                .unwrap_or_else(|| panic!("unexpected output {line:?}"));
-            sim.addrs.push(addr.to_string());
-        }
-        sim
+        let (guard, addrs, _) = common::spawn_sim_listening(&all, listens);
+        Sim { guard, addrs }
     }
 
     fn port(&self, i: usize) -> String {
-        self.addrs[i].rsplit_once(':').unwrap().1.to_string()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.addrs[i].port().to_string()
     }
 }
 
@@ -452,7 +419,7 @@ print(json.dumps({"ok": ok[0], "deferred": deferred, "closed": closed}))
 fn the_ledger_counts_accepted_unique_duplicates_and_deferrals() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.jsonl");
-    let mut sim = Sim::start(&["--profile", "script", "--ledger", ledger.to_str().unwrap()]);
+    let sim = Sim::start(&["--profile", "script", "--ledger", ledger.to_str().unwrap()]);
     let r = py(
         r#"
 import os
@@ -483,8 +450,7 @@ print(json.dumps({"in_file": in_file, "dropped": dropped}))
     );
     assert_eq!(r["dropped"], true);
     // kill -9: every acknowledged message is already in the file.
-    let _ = sim.child.kill();
-    let _ = sim.child.wait();
+    drop(sim.guard);
     let s = stats(&ledger);
     assert_eq!(s["accepted"], 12, "{s}");
     assert_eq!(s["unique"], 10, "{s}");
@@ -505,7 +471,7 @@ print(json.dumps({"in_file": in_file, "dropped": dropped}))
     assert_eq!(first["message_id"], "<m0@s.test>");
     assert_eq!(first["recipient"], "r1@y.test");
     assert_eq!(first["client_ip"], "127.0.0.2");
-    assert_eq!(first["listen"], sim.addrs[0].as_str());
+    assert_eq!(first["listen"], sim.addrs[0].to_string().as_str());
     let t = first["time"].as_str().unwrap();
     assert!(t.ends_with('Z') && t.len() >= 20, "{t}");
 }

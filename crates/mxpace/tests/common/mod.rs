@@ -1,10 +1,14 @@
 //! Helpers shared by the relay test files: a kill-on-drop guard, polling with a
 //! timeout, and starting `mxpace relay` and `mxpace sim` on free ports.
 
+// Each test file compiles this module on its own and uses only some of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -29,6 +33,43 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// How long a child may take to print its startup lines.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// The lines a child prints on stdout, read on a thread that keeps draining the pipe
+/// (so the child never blocks on a full pipe), with a timeout per line.
+pub struct Output(mpsc::Receiver<String>);
+
+impl Output {
+    /// Takes the child's piped stdout.
+    pub fn of(child: &mut Child) -> Output {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The test may have stopped listening; keep draining regardless.
+                let _ = tx.send(line);
+            }
+        });
+        Output(rx)
+    }
+
+    /// The next line; panics naming `what` if none comes within the startup time or
+    /// the child closed its stdout (exited).
+    pub fn line(&self, what: &str) -> String {
+        match self.0.recv_timeout(STARTUP) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("timed out after {STARTUP:?} waiting for {what}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the child exited before printing {what} (did it fail to start?)")
+            }
+        }
+    }
+}
+
 /// Starts `mxpace relay --config CONFIG` in `dir` and waits for its `ready` line.
 /// Returns the guard, the SMTP address and the HTTP address (when configured).
 pub fn spawn_relay(dir: &Path, config: &Path) -> (Guard, SocketAddr, Option<SocketAddr>) {
@@ -41,13 +82,12 @@ pub fn spawn_relay(dir: &Path, config: &Path) -> (Guard, SocketAddr, Option<Sock
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting mxpace relay");
-    let stdout = child.stdout.take().unwrap();
+    let output = Output::of(&mut child);
     let guard = Guard(child);
     let mut smtp = None;
     let mut http = None;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
+    loop {
+        let line = output.line("the relay's `ready` line");
         if let Some(a) = line.strip_prefix("smtp ") {
             smtp = Some(a.parse().unwrap());
         } else if let Some(a) = line.strip_prefix("http ") {
@@ -56,17 +96,20 @@ pub fn spawn_relay(dir: &Path, config: &Path) -> (Guard, SocketAddr, Option<Sock
             break;
         }
     }
-    // Keep draining stdout so the relay never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let smtp = smtp.expect("relay printed no smtp address (did it fail to start?)");
+    let smtp = smtp.expect("relay printed no smtp address");
     (guard, smtp, http)
 }
 
 /// Starts `mxpace sim ARGS...` and reads its `listening on ADDR` line.
 /// Returns the guard and the address it listens on.
-// Not every test file that shares this module starts a sim.
-#[allow(dead_code)]
 pub fn spawn_sim(args: &[&str]) -> (Guard, SocketAddr) {
+    let (guard, addrs, _) = spawn_sim_listening(args, 1);
+    (guard, addrs[0])
+}
+
+/// Starts `mxpace sim ARGS...` and reads `count` `listening on ADDR` lines (one per
+/// `--listen`). Returns the guard, the addresses in order, and the rest of its output.
+pub fn spawn_sim_listening(args: &[&str], count: usize) -> (Guard, Vec<SocketAddr>, Output) {
     let mut child = Command::new(BIN)
         .arg("sim")
         .args(args)
@@ -74,20 +117,17 @@ pub fn spawn_sim(args: &[&str]) -> (Guard, SocketAddr) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting mxpace sim");
-    let stdout = child.stdout.take().unwrap();
+    let output = Output::of(&mut child);
     let guard = Guard(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("mxpace sim printed nothing (did it fail to start?)")
-        .unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line from mxpace sim: {first}"))
-        .parse()
-        .unwrap();
-    // Keep draining stdout so the sim never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (guard, addr)
+    let addrs = (0..count)
+        .map(|_| {
+            let line = output.line("the sim's `listening on` line");
+            line.strip_prefix("listening on ")
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("unexpected line from mxpace sim: {line}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    (guard, addrs, output)
 }
