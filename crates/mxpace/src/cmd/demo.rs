@@ -10,13 +10,14 @@
 //! in one directory that is kept and named at the end; the children are killed on every
 //! way out (also on Ctrl-C and on panic).
 
+use crate::admin::{self, Method};
 use anyhow::{Context, bail};
 use mxpace_analyze::report::Report;
 use mxpace_analyze::run::{self, Options};
 use mxpace_analyze::{Analyzer, Config as AnalyzeConfig, render};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -397,9 +398,15 @@ impl Injector {
             "idempotency_key": format!("demo-{stream}-{i}"),
         })
         .to_string();
-        let (status, reply) = http_request(self.http, "POST", "/v1/messages", Some(&body))
-            .with_context(|| format!("injecting {stream} #{i}"))?;
+        let (status, reply) = admin::request(
+            self.http,
+            Method::Post,
+            "/v1/messages",
+            Some(body.as_bytes()),
+        )
+        .with_context(|| format!("injecting {stream} #{i}"))?;
         if status != 200 {
+            let reply = String::from_utf8_lossy(&reply);
             bail!("the relay refused {stream} #{i}: {status} {reply}");
         }
         self.accepted += 1;
@@ -407,50 +414,10 @@ impl Injector {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns the status and body.
-/// Hand-written: the workspace has no HTTP client, and two fixed local requests do not
-/// warrant one.
-fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    s.take(4 << 20).read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// `GET /v1/pacing` when the relay serves it: one row per path.
 fn fetch_pacing(http: SocketAddr) -> Option<Vec<serde_json::Value>> {
-    let (status, body) = http_request(http, "GET", "/v1/pacing", None).ok()?;
-    if status != 200 {
-        return None;
-    }
-    // A chunked body would start with its size line; take the JSON array itself.
-    let start = body.find('[')?;
-    let end = body.rfind(']')?;
-    serde_json::from_str(body.get(start..=end)?).ok()
+    let body = admin::request_ok(http, Method::Get, "/v1/pacing", None).ok()?;
+    serde_json::from_slice(&body).ok()
 }
 
 /// What the view knows of one egress path.

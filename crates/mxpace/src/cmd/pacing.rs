@@ -110,7 +110,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let addr = admin_addr(&args)?;
     match &args.action {
         None => {
-            let body = super::relay::http_request(addr, "GET", "/v1/pacing", None)?;
+            let body =
+                crate::admin::request_ok(addr, crate::admin::Method::Get, "/v1/pacing", None)?;
             if args.json {
                 let v: serde_json::Value =
                     serde_json::from_slice(&body).context("the relay's /v1/pacing answer")?;
@@ -128,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let p = parse_path_name(path).map_err(|e| anyhow::anyhow!(e))?;
             let url = format!("/v1/pacing/{}/{}/{verb}", p.source_ip, p.provider);
-            let body = super::relay::http_request(addr, "POST", &url, Some(b"{}"))?;
+            let body = crate::admin::request_ok(addr, crate::admin::Method::Post, &url, None)?;
             if args.json {
                 println!("{}", String::from_utf8_lossy(&body));
             } else {

@@ -3,6 +3,7 @@
 //! `queue` opens the spool directly when the relay is not running; while it runs
 //! (the spool is locked), it talks to the relay's HTTP admin API (`[relay] http`).
 
+use crate::admin::{Method, request_ok};
 use anyhow::{Context, bail};
 use mxpace_relay::config::Config;
 use mxpace_relay::gate::{PacingGate, PassThrough};
@@ -11,7 +12,7 @@ use mxpace_relay::queue::{Filter, GroupStats, Summary, summarize};
 use mxpace_relay::service::{self, AdminAction, Shared};
 use mxpace_relay::spool::{QueuedMessage, Spool, SpoolError};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -296,7 +297,7 @@ fn rfc3339(ms: i64) -> String {
 fn queue_online(addr: SocketAddr, args: &QueueArgs) -> anyhow::Result<ExitCode> {
     match &args.action {
         None => {
-            let body = http_request(addr, "GET", "/v1/queue", None)?;
+            let body = request_ok(addr, Method::Get, "/v1/queue", None)?;
             let s: serde_json::Value = serde_json::from_slice(&body)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -306,7 +307,7 @@ fn queue_online(addr: SocketAddr, args: &QueueArgs) -> anyhow::Result<ExitCode> 
             }
         }
         Some(QueueAction::Show { id }) => {
-            let body = http_request(addr, "GET", &format!("/v1/queue/{id}"), None)?;
+            let body = request_ok(addr, Method::Get, &format!("/v1/queue/{id}"), None)?;
             let m: QueuedMessage = serde_json::from_slice(&body)?;
             print_message(&m, args.json)?;
         }
@@ -319,9 +320,9 @@ fn queue_online(addr: SocketAddr, args: &QueueArgs) -> anyhow::Result<ExitCode> 
                 _ => "delete",
             };
             let req = serde_json::json!({ "filter": filter });
-            let body = http_request(
+            let body = request_ok(
                 addr,
-                "POST",
+                Method::Post,
                 &format!("/v1/queue/action/{action}"),
                 Some(&serde_json::to_vec(&req)?),
             )?;
@@ -359,48 +360,4 @@ fn summary_from_json(v: &serde_json::Value) -> anyhow::Result<Summary> {
         by_source: group("by_source"),
         by_stream: group("by_stream"),
     })
-}
-
-/// A one-shot HTTP/1.1 request to the local admin API. Written by hand: it is
-/// a dozen lines against our own loopback server, not worth an HTTP client crate.
-/// One request to the relay's admin API; the body of a 200 answer, else an error
-/// carrying the relay's answer.
-pub(crate) fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> anyhow::Result<Vec<u8>> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-        .with_context(|| format!("connecting to the relay's admin API at {addr}"))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let body = body.unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let split = memchr_find(&resp, b"\r\n\r\n").context("malformed HTTP response")?;
-    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-    let payload = resp[split + 4..].to_vec();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed HTTP status line")?;
-    if status != 200 {
-        bail!(
-            "relay answered {status}: {}",
-            String::from_utf8_lossy(&payload)
-        );
-    }
-    Ok(payload)
-}
-
-fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
