@@ -493,3 +493,165 @@ fn kill_9_under_load_then_restart_delivers_every_acknowledged_message() {
         "duplicates {duplicates} exceed what was in flight ({EGRESS_SESSIONS} sessions × 1)"
     );
 }
+
+/// Scrapes `GET /metrics` with Python's urllib and parses it with Prometheus's own
+/// parser (`prometheus_client`); prints one `name{labels} value` line per sample,
+/// labels sorted.
+const PY_SCRAPE: &str = r#"
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+with urllib.request.urlopen("http://%s/metrics" % sys.argv[1], timeout=20) as r:
+    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4"), r.headers["Content-Type"]
+    text = r.read().decode()
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join("%s=%s" % kv for kv in sorted(s.labels.items()))
+        print("%s{%s} %g" % (s.name, labels, s.value))
+"#;
+
+fn scrape(http: SocketAddr) -> HashMap<String, f64> {
+    let out = Command::new("python3")
+        .args(["-c", PY_SCRAPE, &http.to_string()])
+        .output()
+        .expect("python3 is needed to scrape");
+    assert!(
+        out.status.success(),
+        "scrape or parse failed (scripts/install-deps installs prometheus-client): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The metric names and `label="value"` matchers the shipped alert rules use, one per
+/// line (`name` or `name label value`), read with PyYAML.
+const PY_RULE_REFS: &str = r#"
+import re, sys, yaml
+rules = [r for g in yaml.safe_load(open(sys.argv[1]))["groups"] for r in g["rules"]]
+assert rules and all("alert" in r and "expr" in r for r in rules)
+for r in rules:
+    for name, matchers in re.findall(r"(mxpace_[a-z_]+)(?:\{([^}]*)\})?", str(r["expr"])):
+        print(name)
+        for k, v in re.findall(r'(\w+)="([^"]*)"', matchers):
+            print(name, k, v)
+"#;
+
+#[test]
+fn metrics_count_attempts_by_path_and_outcome_and_show_the_queue_and_pacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(dir.path());
+    let extra = format!("http = \"127.0.0.1:0\"\n{FAST_RETRY}");
+    let relay = Relay::start(dir.path(), &config(sim.addr, &extra));
+    let http = relay.http.expect("the relay serves HTTP");
+    submit(&relay, "tempfail+2@example.test", "<m-1@origin.test>");
+    submit(&relay, "ok1@example.test", "<m-2@origin.test>");
+    submit(&relay, "550@example.test", "<m-3@origin.test>");
+    wait_until(
+        "both deliveries and the DSN",
+        Duration::from_secs(30),
+        || {
+            !sim.accepted_for("tempfail+2@example.test").is_empty()
+                && !sim.accepted_for("ok1@example.test").is_empty()
+                && !sim.accepted_for("app@origin.test").is_empty()
+        },
+    );
+    wait_until("the queue to empty", Duration::from_secs(30), || {
+        scrape(http).get("mxpace_queue_messages{}") == Some(&0.0)
+    });
+    let sample = |m: &HashMap<String, f64>, outcome: &str| {
+        m.iter()
+            .filter(|(k, _)| {
+                k.starts_with("mxpace_attempts_total{")
+                    && k.contains("source_ip=127.0.0.2")
+                    && k.contains(&format!("outcome={outcome}"))
+            })
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    // The events the relay logged are the reference for the counters (an event is
+    // written just after the 250 the sim's ledger saw, hence the wait).
+    let logged = |outcome: &str| {
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "attempt" && e["outcome"] == outcome)
+            .count() as f64
+    };
+    let outcomes = ["delivered", "deferred", "bounced"];
+    wait_until(
+        "the counters to match the event log",
+        Duration::from_secs(10),
+        || {
+            let m = scrape(http);
+            outcomes.iter().all(|o| sample(&m, o) == logged(o))
+        },
+    );
+    let m = scrape(http);
+    // The two messages and the bounce DSN to app@origin.test (routed to the sim too).
+    assert_eq!(sample(&m, "delivered"), 3.0, "{m:?}");
+    assert_eq!(sample(&m, "deferred"), 2.0, "{m:?}");
+    assert_eq!(sample(&m, "bounced"), 1.0, "{m:?}");
+    assert_eq!(
+        m["mxpace_received_total{stream=transactional}"], 3.0,
+        "{m:?}"
+    );
+    assert_eq!(m["mxpace_dsns_total{}"], 1.0, "one bounce DSN");
+    assert_eq!(m["mxpace_queue_oldest_age_seconds{}"], 0.0);
+    // Every pacing path is in exactly one state and one band.
+    let paths: HashSet<String> = m
+        .keys()
+        .filter_map(|k| k.strip_prefix("mxpace_pacing_rate_per_minute{"))
+        .map(|l| l.trim_end_matches('}').to_owned())
+        .collect();
+    assert!(!paths.is_empty(), "no pacing path in {m:?}");
+    for p in &paths {
+        let in_state: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("mxpace_pacing_state{") && k.contains(p.as_str()))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(in_state, 1.0, "{p}: {m:?}");
+        let in_band: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("mxpace_pacing_band{") && k.contains(p.as_str()))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(in_band, 1.0, "{p}: {m:?}");
+    }
+
+    // Every metric and label value the shipped alert rules ask for is exported.
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/alerts/mxpace.rules.yml");
+    let out = Command::new("python3")
+        .args(["-c", PY_RULE_REFS])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading the alert rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refs = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(refs.lines().count() >= 6, "{refs}");
+    for line in refs.lines() {
+        let mut parts = line.split(' ');
+        let name = parts.next().unwrap();
+        let found = match (parts.next(), parts.next()) {
+            (Some(k), Some(v)) => {
+                let kv = format!("{k}={v}");
+                m.keys()
+                    .any(|key| key.starts_with(&format!("{name}{{")) && key.contains(&kv))
+            }
+            _ => m.keys().any(|key| key.starts_with(&format!("{name}{{"))),
+        };
+        assert!(
+            found,
+            "the alert rules use {line}, which /metrics does not export"
+        );
+    }
+}

@@ -1,6 +1,6 @@
-//! HTTP endpoint (axum): message injection with an idempotency key, and the
-//! admin API the `mxpace queue` commands use while the relay runs. Only
-//! clients in `allow_clients` are served.
+//! HTTP endpoint (axum): message injection with an idempotency key, the admin API
+//! the `mxpace queue` and `mxpace pacing` commands use while the relay runs, and
+//! Prometheus metrics (`GET /metrics`). Only clients in `allow_clients` are served.
 
 use crate::gate::OperatorAction;
 use crate::pacing_gate::{parse_path_name, path_name};
@@ -61,6 +61,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/v1/queue/action/{action}", post(queue_action))
         .route("/v1/pacing", get(pacing_state))
         .route("/v1/pacing/{ip}/{provider}/{action}", post(pacing_action))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(shared);
     if let Err(e) = axum::serve(
@@ -201,6 +202,29 @@ async fn queue_summary(
     }
     let q = shared.queue();
     Json(summarize(q.messages(), now_ms())).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let now = now_ms();
+    let summary = summarize(shared.queue().messages(), now);
+    let paths = shared.gate.snapshot(now);
+    service::write_pacing_changes(&shared);
+    let text = crate::metrics::render(&shared.counters, &summary, &paths);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn queue_show(

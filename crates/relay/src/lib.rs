@@ -15,6 +15,7 @@ pub mod gate;
 pub mod headers;
 pub mod http;
 pub mod ingress;
+pub mod metrics;
 pub mod pacing_gate;
 pub mod queue;
 pub mod routes;
@@ -101,6 +102,7 @@ pub async fn start(config: Config, gate: Arc<dyn PacingGate>) -> anyhow::Result<
         spool,
         queue: Mutex::new(queue),
         events,
+        counters: metrics::Counters::default(),
         wake: tokio::sync::Notify::new(),
         gate,
     });

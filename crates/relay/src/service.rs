@@ -6,6 +6,7 @@ use crate::dsn::{self, FailedRecipient, FailureKind};
 use crate::event_log::EventLog;
 use crate::gate::PacingGate;
 use crate::headers;
+use crate::metrics::Counters;
 use crate::queue::{Filter, Queue};
 use crate::spool::{OpResult, QueuedMessage, RcptStatus, Recipient, Spool, SpoolError, SpoolOp};
 use mxpace_events::{Event, EventType, Outcome};
@@ -39,6 +40,8 @@ pub struct Shared {
     pub spool: Spool,
     pub queue: Mutex<Queue>,
     pub events: EventLog,
+    /// What the events say, counted for `GET /metrics`.
+    pub counters: Counters,
     /// Woken when something may have become due.
     pub wake: Notify,
     pub gate: Arc<dyn PacingGate>,
@@ -49,6 +52,12 @@ impl Shared {
     /// invariants a panic elsewhere could break halfway).
     pub fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write `events` to the event log and count them for the metrics.
+    pub fn record(&self, events: &[Event]) {
+        self.counters.observe(events);
+        self.events.write_all(events);
     }
 
     fn dsn_from(&self) -> String {
@@ -69,7 +78,7 @@ pub fn write_pacing_changes(shared: &Shared) {
             .iter()
             .map(crate::pacing_gate::pacing_event)
             .collect();
-        shared.events.write_all(&events);
+        shared.record(&events);
     }
 }
 
@@ -191,7 +200,7 @@ pub async fn accept(shared: &Shared, sub: Submission) -> Result<Accepted, SpoolE
             e
         })
         .collect();
-    shared.events.write_all(&events);
+    shared.record(&events);
     shared.queue().insert(msg);
     shared.wake.notify_one();
     Ok(Accepted {
@@ -431,7 +440,7 @@ async fn commit_and_notify(
     }
     match shared.spool.commit(ops).await {
         Ok(_) => {
-            shared.events.write_all(&events);
+            shared.record(&events);
             let mut q = shared.queue();
             q.update(msg, released);
             if let Some(d) = dsn_msg {

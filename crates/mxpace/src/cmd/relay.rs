@@ -205,6 +205,7 @@ async fn offline_admin(
         spool,
         queue: std::sync::Mutex::new(queue),
         events,
+        counters: Default::default(),
         wake: tokio::sync::Notify::new(),
         gate: Arc::new(PassThrough),
     };
