@@ -1151,6 +1151,88 @@ fn bad_input_gets_clear_replies_and_the_session_survives() {
     assert!(mx.accepted_for("nul@example.test").is_empty());
 }
 
+/// One HTTP/1.1 request with the given extra header lines; the status code.
+fn http_status(http: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp[9..12].parse().unwrap()
+}
+
+#[test]
+fn a_cross_site_page_in_an_operators_browser_cannot_inject_mail_or_steer_the_relay() {
+    let mx = ScriptedMx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY).replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nhttp = \"127.0.0.1:0\"",
+    );
+    let relay = Relay::start(dir.path(), &config);
+    let http = relay.http.unwrap();
+    let msg = r#"{"from":"app@origin.test","to":["x@example.test"],"message":"Subject: csrf\n\nhello\n"}"#;
+    // What a form or a fetch() without preflight can send from another site.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let h = format!("Content-Type: {content_type}\r\nOrigin: http://evil.example\r\n");
+        assert_eq!(
+            http_status(http, "POST", "/v1/messages", &h, msg),
+            415,
+            "{content_type}"
+        );
+        let h = format!("Content-Type: {content_type}\r\n");
+        assert_eq!(
+            http_status(http, "POST", "/v1/messages", &h, msg),
+            415,
+            "{content_type}"
+        );
+    }
+    // JSON with a foreign Origin (only possible after a preflight, which is never answered).
+    let foreign = "Content-Type: application/json\r\nOrigin: http://evil.example\r\n";
+    assert_eq!(http_status(http, "POST", "/v1/messages", foreign, msg), 403);
+    assert_eq!(
+        http_status(
+            http,
+            "POST",
+            "/v1/queue/action/delete",
+            foreign,
+            r#"{"filter":["all"]}"#
+        ),
+        403
+    );
+    assert_eq!(
+        http_status(
+            http,
+            "GET",
+            "/v1/queue",
+            "Origin: http://evil.example\r\n",
+            ""
+        ),
+        403
+    );
+    // The relay's own page (same origin) and plain API clients (no Origin) are served.
+    let own = format!("Content-Type: application/json\r\nOrigin: http://{http}\r\n");
+    assert_eq!(http_status(http, "POST", "/v1/messages", &own, msg), 200);
+    wait_until("the one accepted message", Duration::from_secs(20), || {
+        mx.accepted_for("x@example.test").len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        mx.accepted_for("x@example.test").len(),
+        1,
+        "only the same-origin POST queued mail"
+    );
+}
+
 #[test]
 fn http_injection_with_an_idempotency_key_sends_once() {
     let mx = ScriptedMx::start();

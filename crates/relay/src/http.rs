@@ -62,6 +62,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/v1/pacing", get(pacing_state))
         .route("/v1/pacing/{ip}/{provider}/{action}", post(pacing_action))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(same_origin_json))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(shared);
     if let Err(e) = axum::serve(
@@ -72,6 +73,47 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     {
         tracing::error!("http server: {e}");
     }
+}
+
+/// A browser sends some cross-site POSTs without asking the server first (a form or a
+/// `text/plain` body): a page open in an operator's browser could otherwise inject mail
+/// through a loopback relay or pause its paths, since `allow_clients` sees the
+/// operator's own address. A POST must therefore carry a JSON content type (which a
+/// cross-site page can only send after a CORS preflight this server never answers),
+/// and a request whose `Origin` is not this server is refused.
+async fn same_origin_json(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    if request.method() == axum::http::Method::POST {
+        let json = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a POST must be sent as Content-Type: application/json",
+            );
+        }
+    }
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let own = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host));
+        if !own {
+            return error(StatusCode::FORBIDDEN, "cross-origin request refused");
+        }
+    }
+    next.run(request).await
 }
 
 fn allowed(shared: &Shared, peer: SocketAddr) -> bool {
