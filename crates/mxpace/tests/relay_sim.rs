@@ -528,6 +528,22 @@ fn scrape(http: SocketAddr) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Fetches the dashboard (checks it is the page, with its policy, naming the relay) and
+/// prints `GET /v1/stats`, which its script reads.
+const PY_DASHBOARD: &str = r#"
+import sys, urllib.request
+base = "http://%s" % sys.argv[1]
+with urllib.request.urlopen(base + "/", timeout=20) as r:
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8", r.headers["Content-Type"]
+    assert "connect-src 'self'" in r.headers["Content-Security-Policy"]
+    page = r.read().decode()
+assert "mxpace relay · relay.test" in page, page[:300]
+for path in ["/v1/pacing", "/v1/queue", "/v1/stats"]:
+    assert path in page, path
+with urllib.request.urlopen(base + "/v1/stats", timeout=20) as r:
+    print(r.read().decode())
+"#;
+
 /// The metric names and `label="value"` matchers the shipped alert rules use, one per
 /// line (`name` or `name label value`), read with PyYAML.
 const PY_RULE_REFS: &str = r#"
@@ -622,6 +638,30 @@ fn metrics_count_attempts_by_path_and_outcome_and_show_the_queue_and_pacing() {
             .map(|(_, v)| v)
             .sum();
         assert_eq!(in_band, 1.0, "{p}: {m:?}");
+    }
+
+    // The dashboard page, and the JSON its script reads, agree with the metrics.
+    let out = Command::new("python3")
+        .args(["-c", PY_DASHBOARD, &http.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dashboard: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |outcome: &str| {
+        stats["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["outcome"] == outcome)
+            .map(|a| a["count"].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    for outcome in outcomes {
+        assert_eq!(count(outcome), sample(&m, outcome), "{outcome}: {stats}");
     }
 
     // Every metric and label value the shipped alert rules ask for is exported.

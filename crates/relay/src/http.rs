@@ -62,6 +62,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/v1/pacing", get(pacing_state))
         .route("/v1/pacing/{ip}/{provider}/{action}", post(pacing_action))
         .route("/metrics", get(metrics))
+        .route("/v1/stats", get(stats))
+        .route("/", get(dashboard))
         .layer(axum::middleware::from_fn(same_origin_json))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(shared);
@@ -244,6 +246,51 @@ async fn queue_summary(
     }
     let q = shared.queue();
     Json(summarize(q.messages(), now_ms())).into_response()
+}
+
+/// The dashboard page: static HTML whose script polls `/v1/pacing`, `/v1/queue` and
+/// `/v1/stats` (same origin) and offers pause/resume per path.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `GET /`: the dashboard.
+async fn dashboard(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    let hostname = shared
+        .config
+        .relay
+        .hostname
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing outside this page and its own API; no framing by other sites.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        DASHBOARD.replace("{{hostname}}", &hostname),
+    )
+        .into_response()
+}
+
+/// `GET /v1/stats`: what the relay did since it started (see [`crate::metrics::Counters::to_json`]).
+async fn stats(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !allowed(&shared, peer) {
+        return error(StatusCode::FORBIDDEN, "client not in allow_clients");
+    }
+    Json(shared.counters.to_json()).into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).

@@ -58,6 +58,30 @@ impl Counters {
     fn snapshot(&self) -> Counts {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// The counts as JSON (`GET /v1/stats`, the dashboard): `attempts` as a list of
+    /// `{source_ip, provider, outcome, count}`, `received` by stream, `expired`, `dsns`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = self.snapshot();
+        let attempts: Vec<serde_json::Value> = c
+            .attempts
+            .iter()
+            .map(|((source_ip, provider, outcome), count)| {
+                serde_json::json!({
+                    "source_ip": source_ip,
+                    "provider": provider,
+                    "outcome": outcome,
+                    "count": count,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "attempts": attempts,
+            "received": c.received,
+            "expired": c.expired,
+            "dsns": c.dsns,
+        })
+    }
 }
 
 fn outcome_name(o: Option<Outcome>) -> &'static str {
@@ -340,6 +364,21 @@ mod tests {
             bands,
             [format!("mxpace_pacing_band{{{labels},band=\"act-now\"}} 1")]
         );
+    }
+
+    #[test]
+    fn the_json_view_has_the_same_counts() {
+        let counters = Counters::default();
+        counters.observe(&[
+            attempt("192.0.2.1", "microsoft", Outcome::Deferred),
+            attempt("192.0.2.1", "microsoft", Outcome::Deferred),
+        ]);
+        let v = counters.to_json();
+        assert_eq!(
+            v["attempts"],
+            serde_json::json!([{"source_ip": "192.0.2.1", "provider": "microsoft", "outcome": "deferred", "count": 2}])
+        );
+        assert_eq!(v["expired"], 0);
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         EGRESS[1],
         if args.no_pacing { ", pacing off" } else { "" }
     );
+    println!("dashboard http://{http}/ (while the demo runs; metrics at /metrics)");
 
     let injector = Injector::new(http, args.messages);
     let started = Instant::now();
@@ -210,7 +211,13 @@ fn print_triage(dir: &Path) -> anyhow::Result<()> {
     let mut options = Options::new();
     options.parallel = false;
     let paths = run::expand(&[events.display().to_string()])?;
-    let mut analyzer = Analyzer::new(AnalyzeConfig::default());
+    // The demo's retry schedule is minutes compressed into seconds (relay.toml), so the
+    // retry-storm threshold is too: a retry 7 s after a deferral here is a 7-minute
+    // retry, not a storm.
+    let mut analyzer = Analyzer::new(AnalyzeConfig {
+        retry_storm_secs: 1,
+        ..AnalyzeConfig::default()
+    });
     let outcome = run::read_all(&paths, &options, &mut analyzer, &mut |_, _| {})
         .context("reading the relay's event log")?;
     let report = Report::build(
