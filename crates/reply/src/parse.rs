@@ -35,6 +35,7 @@ impl EnhancedCode {
     /// Parse an enhanced code at the start of `b`; returns it and its length in bytes.
     /// The code must not be followed by a digit or by `.digit` (so Yahoo's internal
     /// `4.16.55.1` is not taken for one).
+    #[inline]
     fn parse_prefix(b: &[u8]) -> Option<(Self, usize)> {
         let class = match b.first()? {
             b'2' => 2,
@@ -68,15 +69,29 @@ impl EnhancedCode {
 }
 
 /// One to three digits without a leading zero (a lone `0` is fine).
+#[inline]
 fn number(b: &[u8]) -> Option<(u16, usize)> {
-    let len = b.iter().take(4).take_while(|c| c.is_ascii_digit()).count();
-    if len == 0 || len > 3 || (len > 1 && b[0] == b'0') {
+    // Digit by digit: an iterator chain here cost ~30 instructions per part.
+    let digit = |i: usize| {
+        b.get(i)
+            .map(|c| c.wrapping_sub(b'0'))
+            .filter(|&d| d < 10)
+            .map(u16::from)
+    };
+    let d0 = digit(0)?;
+    let Some(d1) = digit(1) else {
+        return Some((d0, 1));
+    };
+    if d0 == 0 {
         return None;
     }
-    let value = b[..len]
-        .iter()
-        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
-    Some((value, len))
+    let Some(d2) = digit(2) else {
+        return Some((d0 * 10 + d1, 2));
+    };
+    if digit(3).is_some() {
+        return None;
+    }
+    Some((d0 * 100 + d1 * 10 + d2, 3))
 }
 
 impl EnhancedCode {
@@ -239,6 +254,46 @@ pub fn parse(input: &str) -> Result<Reply, NotAReply> {
 
 /// Find the SMTP reply in `input` and parse it, borrowing from `input` (see [`Parsed`]).
 pub fn parse_borrowed(input: &str) -> Result<Parsed<'_>, NotAReply> {
+    match parse_plain_line(input) {
+        Some(parsed) => Ok(parsed),
+        None => parse_general(input),
+    }
+}
+
+/// The common case in one pass: a single-line reply that starts with its code, ends
+/// in a printable ASCII byte, and holds no control byte, no `#SMTP#`, no two spaces
+/// in a row and no `NNN-` continuation prefix of its own code. Then nothing needs
+/// trimming or unwrapping and the text is a slice: exactly what [`parse_general`]
+/// would return (tested on the corpus and by proptest), without its separate
+/// searches. `None`: anything else, for [`parse_general`].
+fn parse_plain_line(input: &str) -> Option<Parsed<'_>> {
+    let b = input.as_bytes();
+    if !starts_with_code(b) || !matches!(b.last(), Some(0x21..=0x7e)) {
+        return None;
+    }
+    let scan = crate::scan::scan(b, [b[0], b[1], b[2]]);
+    if scan.control || scan.double_space || scan.code_dash || (scan.hash && has_smtp_hash(b)) {
+        return None;
+    }
+    let code = u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
+    let start = text_start(b);
+    let text = &input[start.first..];
+    Some(Parsed {
+        code,
+        enhanced: start.enhanced.or_else(|| enhanced_in_text(text, code)),
+        raw: input,
+        text: Cow::Borrowed(text),
+        stage: None,
+        wrapper: Wrapper::Raw,
+        remote_host: None,
+        remote_ip: None,
+    })
+}
+
+/// Any input: trimmed, unwrapped, the code found, the text joined when it has to be.
+// Out of line: it keeps the common path small.
+#[inline(never)]
+fn parse_general(input: &str) -> Result<Parsed<'_>, NotAReply> {
     let input = input.trim();
     if input.is_empty() {
         return Err(NotAReply::Empty);
@@ -678,33 +733,14 @@ fn reply_text(body: &str, code: u16, may_be_plain: bool) -> (Option<EnhancedCode
         b'0' + (code % 10) as u8,
     ];
     let b = body.as_bytes();
-    // Skip the first code and its separator.
-    let mut pos = 3;
-    if matches!(b.get(3), Some(b'-' | b' ' | b'\t')) {
-        pos = 4;
-    }
-    while matches!(b.get(pos), Some(b' ' | b'\t')) {
-        pos += 1;
-    }
-    let mut enhanced = None;
-    let mut enh_len = 0;
-    let hash = usize::from(b.get(pos) == Some(&b'#'));
-    if let Some((e, n)) = EnhancedCode::parse_prefix(&b[pos + hash..])
-        && matches!(
-            b.get(pos + hash + n),
-            None | Some(b' ' | b'\t' | b'\r' | b'\n')
-        )
-    {
-        enhanced = Some(e);
-        enh_len = n;
-        pos += hash + n;
-    }
+    let TextStart {
+        enhanced,
+        enh_len,
+        pos,
+        first,
+    } = text_start(b);
     // Plain single-line text (words separated by single spaces, no continuation
     // prefixes): the text is a slice of the input, nothing to build.
-    let mut first = pos;
-    while b.get(first) == Some(&b' ') {
-        first += 1;
-    }
     if may_be_plain && is_plain_text(&b[first..], code_str) {
         return (enhanced, Cow::Borrowed(&body[first..]));
     }
@@ -765,6 +801,54 @@ fn reply_text(body: &str, code: u16, may_be_plain: bool) -> (Option<EnhancedCode
     }
     push_run(&mut text, body, run);
     (enhanced, Cow::Owned(text))
+}
+
+/// Where a reply's text starts: after the first code, its separator, blanks and the
+/// enhanced code (also as `#5.7.1`) when one follows.
+struct TextStart {
+    /// The enhanced code at the start, if any.
+    enhanced: Option<EnhancedCode>,
+    /// Its length in bytes (without a `#`), 0 when there is none.
+    enh_len: usize,
+    /// Just after the enhanced code, or after the blanks following the code.
+    pos: usize,
+    /// `pos` with the spaces after it skipped: where a plain text slice starts.
+    first: usize,
+}
+
+/// [`TextStart`] of `b`, which starts with a reply code.
+fn text_start(b: &[u8]) -> TextStart {
+    // Skip the first code and its separator.
+    let mut pos = 3;
+    if matches!(b.get(3), Some(b'-' | b' ' | b'\t')) {
+        pos = 4;
+    }
+    while matches!(b.get(pos), Some(b' ' | b'\t')) {
+        pos += 1;
+    }
+    let mut enhanced = None;
+    let mut enh_len = 0;
+    let hash = usize::from(b.get(pos) == Some(&b'#'));
+    if let Some((e, n)) = EnhancedCode::parse_prefix(&b[pos + hash..])
+        && matches!(
+            b.get(pos + hash + n),
+            None | Some(b' ' | b'\t' | b'\r' | b'\n')
+        )
+    {
+        enhanced = Some(e);
+        enh_len = n;
+        pos += hash + n;
+    }
+    let mut first = pos;
+    while b.get(first) == Some(&b' ') {
+        first += 1;
+    }
+    TextStart {
+        enhanced,
+        enh_len,
+        pos,
+        first,
+    }
 }
 
 /// Append the source range `run` (words separated by single spaces) to `text`, after
@@ -867,6 +951,60 @@ mod tests {
             text in "([a-zA-Z #:'-]| said: | SAID: | refused to talk to me: |SMTP error from remote mail server after |smtp ERROR from remote mail server after |Diagnostic-Code:|diagnostic-code:|Remote Server returned '|#SMTP#|#smtp#|said|:){0,12}"
         ) {
             proptest::prop_assert_eq!(find_marker(&text), marker_reference(&text));
+        }
+    }
+
+    /// Whenever the one-pass path takes an input, it gives exactly what the general
+    /// parse gives (which the corpus checks against the expected verdicts).
+    fn plain_line_agrees(input: &str) -> bool {
+        let Some(fast) = parse_plain_line(input) else {
+            return false;
+        };
+        assert_eq!(Ok(fast), parse_general(input), "{input:?}");
+        true
+    }
+
+    #[test]
+    fn plain_line_path_agrees_with_the_general_parse_on_the_corpus() {
+        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        let cases = corpus["case"].as_array().unwrap();
+        let taken = cases
+            .iter()
+            .filter(|case| plain_line_agrees(case["reply"].as_str().unwrap()))
+            .count();
+        assert!(
+            taken > 200,
+            "only {taken} corpus replies took the one-pass path"
+        );
+        for input in [
+            "550",
+            "250 ok",
+            "550 5.1.1",
+            "550 #5.1.1 x",
+            "550 5.1.1 text #SMTP#",
+            "550 5.1.1 a #b",
+            "250-PIPELINING",
+            "550-550-x",
+            "550 550-x y",
+            "550 x 550- y",
+            "451 Resources temporarily unavailable. Please try again later [#4.16.1].",
+            "553 Mail from 203.0.113.5 not allowed - 5.7.1 [BL23] Connections not accepted",
+            "550 5.1.1 caf\u{e9}!",
+            "550 5.1.1 ends in a space ",
+            "550\u{a0}x",
+        ] {
+            plain_line_agrees(input);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_line_path_agrees_with_the_general_parse(
+            code in "[245][0-9][0-9]",
+            sep in "[ \t-]?",
+            rest in "([ #a-z.()\\[\\];:'-]|[245][0-9][0-9]-?|[245]\\.[0-9]{1,3}\\.[0-9]{1,3}|#SMTP#|\u{e9}|\u{a0}){0,40}",
+        ) {
+            plain_line_agrees(&format!("{code}{sep}{rest}"));
         }
     }
 
