@@ -238,7 +238,30 @@ fn bracket(s: &str, out: &mut Extracted) -> Option<usize> {
 /// block, the same one [`extract`] reports, without extracting anything else: the
 /// classifier needs only this, and only when neither `--mx` nor the wrapper named a
 /// host.
+///
+/// The last host block wins, so the brackets are looked at from the end: Microsoft's
+/// block closes the reply, and the `[IP]` brackets before it are then never parsed.
+/// A `[` the forward scan might jump over (it follows an unclosed `[`, so it may lie
+/// inside a bracket recognised before it) hands the decision to the forward scan.
 pub fn named_host(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut at = memchr::memrchr(b'[', b)?;
+    loop {
+        // The nearest bracket byte before this `[`: a `]` (or none) means it is seen.
+        let before = memchr::memrchr2(b'[', b']', &b[..at]);
+        if before.is_some_and(|q| b[q] == b'[') {
+            return named_host_forward(text);
+        }
+        if let Some((Bracket::Host(host, _), _)) = bracket_at(&text[at..], false) {
+            return Some(host);
+        }
+        at = memchr::memrchr(b'[', &b[..before?])?;
+    }
+}
+
+/// [`named_host`] by a scan from the start, as [`extract`] sees the brackets: the
+/// reference, and the answer when brackets nest.
+fn named_host_forward(text: &str) -> Option<&str> {
     let mut found = None;
     let mut pos = 0;
     while let Some(at) = memchr::memchr(b'[', &text.as_bytes()[pos..]) {
@@ -360,6 +383,36 @@ fn ip(s: &str, ips: &mut Vec<IpAddr>) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_host_from_the_end_agrees_with_the_forward_scan_on_the_corpus() {
+        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        let mut named = 0;
+        for case in corpus["case"].as_array().unwrap() {
+            let text = case["reply"].as_str().unwrap();
+            assert_eq!(named_host(text), named_host_forward(text), "{text:?}");
+            named += usize::from(named_host(text).is_some());
+        }
+        assert!(named >= 20, "only {named} corpus replies name a host");
+        for text in [
+            "[mx.a.example [x.b.example z] tail",
+            "[mx.a.example x] [TSS04] [203.0.113.5]",
+            "[a [mx.b.example] c]",
+            "]] [[mx.a.example]",
+            "[ mx.a.example 2024-07-14T14:44:43.083Z id] [mx.c.example]",
+        ] {
+            assert_eq!(named_host(text), named_host_forward(text), "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn named_host_from_the_end_agrees_with_the_forward_scan(
+            text in "(\\[|\\]| |x|mx\\.a\\.example|MX\\.B\\.example|TSS04|203\\.0\\.113\\.5|2024-07-14T14:44:43\\.083Z){0,16}"
+        ) {
+            proptest::prop_assert_eq!(named_host(&text), named_host_forward(&text));
+        }
+    }
 
     #[test]
     fn microsoft_server_busy() {
