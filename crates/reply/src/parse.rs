@@ -35,7 +35,7 @@ impl EnhancedCode {
     /// Parse an enhanced code at the start of `b`; returns it and its length in bytes.
     /// The code must not be followed by a digit or by `.digit` (so Yahoo's internal
     /// `4.16.55.1` is not taken for one).
-    #[inline]
+    #[inline(always)]
     fn parse_prefix(b: &[u8]) -> Option<(Self, usize)> {
         let class = match b.first()? {
             b'2' => 2,
@@ -69,7 +69,7 @@ impl EnhancedCode {
 }
 
 /// One to three digits without a leading zero (a lone `0` is fine).
-#[inline]
+#[inline(always)]
 fn number(b: &[u8]) -> Option<(u16, usize)> {
     // Digit by digit: an iterator chain here cost ~30 instructions per part.
     let digit = |i: usize| {
@@ -883,6 +883,7 @@ struct TextStart {
 }
 
 /// [`TextStart`] of `b`, which starts with a reply code.
+#[inline(always)]
 fn text_start(b: &[u8]) -> TextStart {
     // Skip the first code and its separator.
     let mut pos = 3;
