@@ -13,7 +13,10 @@
 //! compiler inlined. `scripts/reply-instructions` does exactly that.
 //!
 //! `--classify` (first argument) measures [`mxpace_reply::classify`] (no owned
-//! verdict) instead of [`mxpace_reply::explain`].
+//! verdict) instead of [`mxpace_reply::explain`]; `--parse` measures
+//! [`mxpace_reply::parse_borrowed`] alone. Then `--raw` or `--wrapped` keeps only the
+//! corpus entries that start with a reply code, or only the others (to profile each
+//! kind of input on its own), or `--reply TEXT` replaces the corpus by that one reply.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -40,12 +43,31 @@ fn thread_cpu_ns() -> Option<u64> {
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let classify_only = args.first().map(String::as_str) == Some("--classify");
-    if classify_only {
+    let parse_only = args.first().map(String::as_str) == Some("--parse");
+    if classify_only || parse_only {
         args.remove(0);
     }
+    let only = match args.first().map(String::as_str) {
+        Some(kind @ ("--raw" | "--wrapped")) => {
+            let kind = kind.to_owned();
+            args.remove(0);
+            Some(kind == "--raw")
+        }
+        _ => None,
+    };
+    let one_reply = match args.first().map(String::as_str) {
+        Some("--reply") if args.len() > 1 => {
+            let reply = args.remove(1);
+            args.remove(0);
+            Some(reply)
+        }
+        _ => None,
+    };
     // One reply, as the caller would: the owned verdict, or only the classification.
     let one = |case: &Case| {
-        if classify_only {
+        if parse_only {
+            let _ = black_box(mxpace_reply::parse_borrowed(black_box(&case.reply)));
+        } else if classify_only {
             let c = mxpace_reply::classify(black_box(&case.reply), case.mx.as_deref());
             black_box((c.action, c.category, c.scope, c.throttle, c.rule, c.code()));
         } else {
@@ -55,9 +77,19 @@ fn main() {
             ));
         }
     };
-    let cases = toml::from_str::<Corpus>(CORPUS)
+    let mut cases = toml::from_str::<Corpus>(CORPUS)
         .expect("corpus parses")
         .case;
+    if let Some(reply) = one_reply {
+        cases = vec![Case { reply, mx: None }];
+    }
+    if let Some(raw) = only {
+        // A raw reply starts with its three-digit code.
+        cases.retain(|c| {
+            let b = c.reply.trim_start().as_bytes();
+            (b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit)) == raw
+        });
+    }
     if args.first().map(String::as_str) == Some("--passes") {
         let passes: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
         let _ = mxpace_reply::embedded_engine(); // build outside the counted calls
@@ -84,7 +116,13 @@ fn main() {
         "phrase automaton: {} KiB",
         mxpace_reply::embedded_engine().automaton_bytes() / 1024
     );
-    let what = if classify_only { "classify" } else { "explain" };
+    let what = if parse_only {
+        "parse"
+    } else if classify_only {
+        "classify"
+    } else {
+        "explain"
+    };
     println!(
         "{what}: {n} replies ({} corpus entries per pass)",
         cases.len()

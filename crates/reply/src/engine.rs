@@ -59,6 +59,12 @@ pub struct Engine {
     /// Bitsets of `rule_words` words: at `p`, the rules that hold for provider `p`
     /// (no provider condition, or this one); the last bitset is for "unknown".
     rules_of_provider: Vec<u64>,
+    /// Bitsets of `rule_words` words: at [`detail_bucket`] of the reply's enhanced
+    /// code, the rules whose enhanced-code patterns may match a code in that bucket
+    /// (all rules without such patterns). Most phrase-less rules name one exact
+    /// code (`5.7.606`); without this mask every rule of the reply's code and
+    /// subject was tried in turn.
+    rules_of_detail: Vec<u64>,
     /// For each phrase id, the rules whose `all`/`any` name it.
     rules_of_phrase: Vec<Vec<u32>>,
 }
@@ -171,6 +177,7 @@ impl Engine {
         let mut index = vec![0u64; CODES * BUCKETS * rule_words];
         let mut rules_of_code = vec![0u64; CODES * rule_words];
         let mut rules_of_provider = vec![0u64; (providers.len() + 1) * rule_words];
+        let mut rules_of_detail = vec![0u64; DETAIL_BUCKETS * rule_words];
         for (ri, r) in rules.iter().enumerate() {
             for code in 200u16..600 {
                 if r.codes.is_empty() || r.codes.iter().any(|c| c.matches(code)) {
@@ -182,6 +189,12 @@ impl Engine {
                 if r.provider.is_none_or(|rp| usize::from(rp) == p) {
                     let at = p * rule_words;
                     set(&mut rules_of_provider[at..at + rule_words], ri as u32);
+                }
+            }
+            for bucket in 0..DETAIL_BUCKETS {
+                if rule_may_match_detail_bucket(r, bucket) {
+                    let at = bucket * rule_words;
+                    set(&mut rules_of_detail[at..at + rule_words], ri as u32);
                 }
             }
         }
@@ -219,6 +232,7 @@ impl Engine {
             rule_words,
             rules_of_code,
             rules_of_provider,
+            rules_of_detail,
             rules_of_phrase,
         })
     }
@@ -377,8 +391,9 @@ impl Engine {
         let by_code = &self.rules_of_code[usize::from(reply.code - 200) * words..][..words];
         let p = provider.map_or(self.providers.len(), usize::from);
         let by_provider = &self.rules_of_provider[p * words..][..words];
+        let by_detail = &self.rules_of_detail[detail_bucket(reply.enhanced) * words..][..words];
         for (w, &word) in candidates.iter().enumerate() {
-            let mut rest = word & by_code[w] & by_provider[w];
+            let mut rest = word & by_code[w] & by_provider[w] & by_detail[w];
             while rest != 0 {
                 let ri = w * 64 + rest.trailing_zeros() as usize;
                 rest &= rest - 1;
@@ -432,6 +447,28 @@ fn bucket_of(e: Option<EnhancedCode>) -> usize {
         Some(e) if e.subject <= 7 => usize::from(e.subject),
         Some(_) => 8,
     }
+}
+
+/// Buckets of enhanced codes by detail: `detail % 64`, and one for "no enhanced code".
+const DETAIL_BUCKETS: usize = 65;
+
+fn detail_bucket(e: Option<EnhancedCode>) -> usize {
+    e.map_or(DETAIL_BUCKETS - 1, |e| usize::from(e.detail) % 64)
+}
+
+/// Whether one of `r`'s enhanced-code patterns (if it has any) may match a code in
+/// detail bucket `bucket` (a necessary condition only: `rule_matches` decides).
+fn rule_may_match_detail_bucket(r: &Compiled, bucket: usize) -> bool {
+    let absent = bucket == DETAIL_BUCKETS - 1;
+    r.enhanced.is_empty()
+        || r.enhanced.iter().any(|p| match p {
+            EnhancedPattern::Absent => absent,
+            EnhancedPattern::Code { detail, .. } => {
+                !absent
+                    && detail
+                        .is_none_or(|(lo, hi)| (lo..=hi).any(|d| usize::from(d) % 64 == bucket))
+            }
+        })
 }
 
 fn rule_may_match_bucket(r: &Compiled, bucket: usize) -> bool {
@@ -577,5 +614,91 @@ impl<'a> Classified<'a> {
             not_a_reply: false,
             text: reply.text.into_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule every condition of every rule, tried in priority order, chooses: the
+    /// reference for the automaton, the index and the bitset masks together.
+    fn reference_rule<'e>(engine: &'e Engine, reply: &Parsed<'_>, mx: Option<&str>) -> &'e str {
+        let text = reply.text.to_ascii_lowercase();
+        let has = |p: &String| text.contains(&p.to_ascii_lowercase());
+        let marked = engine
+            .providers
+            .iter()
+            .position(|p| p.markers.iter().any(has))
+            .map(|p| p as u16);
+        let by_host = |h: &str| engine.hosts.find(h).map(|i| i as u16);
+        let provider = mx
+            .and_then(by_host)
+            .or_else(|| reply.remote_host.and_then(by_host))
+            .or_else(|| named_host(&reply.text).and_then(by_host))
+            .or(marked);
+        engine
+            .rules
+            .iter()
+            .find(|r| {
+                (r.codes.is_empty() || r.codes.iter().any(|c| c.matches(reply.code)))
+                    && r.provider.is_none_or(|p| Some(p) == provider)
+                    && (r.enhanced.is_empty()
+                        || r.enhanced.iter().any(|e| e.matches(reply.enhanced)))
+                    && r.def.stage.is_none_or(|s| reply.stage == Some(s))
+                    && r.def.all.iter().all(has)
+                    && (r.def.any.is_empty() || r.def.any.iter().any(has))
+                    && !r.def.not.iter().any(has)
+            })
+            .map_or("basic-code", |r| r.def.id.as_str())
+    }
+
+    #[test]
+    fn chosen_rule_agrees_with_trying_every_rule_in_order() {
+        let engine = Engine::embedded().unwrap();
+        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+        let mut checked = 0;
+        for case in corpus["case"].as_array().unwrap() {
+            let input = case["reply"].as_str().unwrap();
+            let Ok(reply) = parse::parse_borrowed(input) else {
+                continue;
+            };
+            let given = case.get("mx").and_then(|m| m.as_str());
+            for mx in [
+                given,
+                None,
+                Some("mx.example.org"),
+                Some("aspmx.l.google.com"),
+            ] {
+                let got = engine.classify(input, mx).rule;
+                assert_eq!(
+                    got,
+                    reference_rule(&engine, &reply, mx),
+                    "{input:?} mx={mx:?}"
+                );
+                checked += 1;
+            }
+            // The same reply with other enhanced codes (detail buckets, none at all).
+            for (code, enhanced) in [
+                (reply.code, None),
+                (reply.code, EnhancedCode::parse("5.7.606")),
+                (reply.code, EnhancedCode::parse("5.7.670")),
+                (reply.code, EnhancedCode::parse("4.7.500")),
+                (reply.code, EnhancedCode::parse("4.7.564")),
+            ] {
+                let varied = Parsed {
+                    code,
+                    enhanced,
+                    ..reply.clone()
+                };
+                let got = engine.classify_parsed(varied.clone(), None, input).rule;
+                assert_eq!(
+                    got,
+                    reference_rule(&engine, &varied, None),
+                    "{input:?} {enhanced:?}"
+                );
+            }
+        }
+        assert!(checked > 1000, "only {checked} classifications checked");
     }
 }

@@ -15,6 +15,7 @@ mod parse;
 mod phrases;
 mod provider;
 mod rules;
+mod scan;
 mod verdict;
 
 pub use engine::{Classified, Engine};
