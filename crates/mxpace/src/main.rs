@@ -26,6 +26,8 @@ enum Command {
     Init(cmd::relay::InitArgs),
     /// Run the relay (MTA).
     Relay(cmd::relay::Args),
+    /// Hash a [[user]] password read from stdin (Argon2id PHC string for password_hash).
+    HashPassword(cmd::relay::HashPasswordArgs),
     /// Inspect and act on the relay's queue.
     Queue(cmd::relay::QueueArgs),
     /// Show or steer pacing per (egress IP x provider) path.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Sim(a) => cmd::sim::run(a),
         Command::Init(a) => cmd::relay::init(a),
         Command::Relay(a) => cmd::relay::run(a),
+        Command::HashPassword(a) => cmd::relay::hash_password(a),
         Command::Queue(a) => cmd::relay::queue(a),
         Command::Pacing(a) => cmd::pacing::run(a),
         Command::Bench(a) => cmd::pacing::bench(a),

@@ -698,9 +698,25 @@ fn starttls_then_auth_lets_a_remote_user_submit() {
     let mx = ScriptedMx::start();
     let dir = tempfile::tempdir().unwrap();
     make_cert(&openssl, dir.path());
+    // The password is stored as the Argon2id hash `mxpace hash-password` prints.
+    let mut hasher = Command::new(env!("CARGO_BIN_EXE_mxpace"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hasher.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let hashed = hasher.wait_with_output().unwrap();
+    assert!(hashed.status.success());
+    let phc = String::from_utf8(hashed.stdout).unwrap();
+    assert!(
+        phc.starts_with("$argon2id$") && !phc.contains("s3cret"),
+        "{phc}"
+    );
     let config = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY)
         .replace("allow_clients = [\"127.0.0.0/8\"]", "allow_clients = []")
-        + "\n[tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"\n\n[[user]]\nname = \"app1\"\npassword = \"s3cret\"\nstream = \"bulk\"\n";
+        + "\n[tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"\n\n[[user]]\nname = \"app1\"\n"
+        + &format!("password_hash = \"{}\"\nstream = \"bulk\"\n", phc.trim());
     let relay = Relay::start(dir.path(), &config);
     let out = Command::new("python3")
         .args([

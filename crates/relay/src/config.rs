@@ -239,7 +239,12 @@ pub struct TlsSection {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    pub password: String,
+    /// The password in clear (prefer `password_hash`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An Argon2 PHC string (`$argon2id$v=19$m=…`), as `mxpace hash-password` prints it.
+    #[serde(default)]
+    pub password_hash: Option<String>,
     /// Stream for this user's mail unless the message names one.
     #[serde(default)]
     pub stream: Option<String>,
@@ -330,10 +335,26 @@ impl Config {
             }
         }
         for u in &self.user {
-            if u.name.is_empty() || u.password.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "user: name and password must not be empty".into(),
-                ));
+            if u.name.is_empty() {
+                return Err(ConfigError::Invalid("user.name: must not be empty".into()));
+            }
+            match (&u.password, &u.password_hash) {
+                (Some(p), None) if !p.is_empty() => {}
+                (None, Some(h)) => crate::password::check_hash(h).map_err(|e| {
+                    ConfigError::Invalid(format!("user.{}.password_hash: {e}", u.name))
+                })?,
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "user.{}: give password or password_hash, not both",
+                        u.name
+                    )));
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "user.{}: give a non-empty password or a password_hash",
+                        u.name
+                    )));
+                }
             }
         }
         if self.pacing.enabled() {
@@ -543,5 +564,35 @@ max_age = "30s"
         let with_user = format!("{MINIMAL}\n[[user]]\nname=\"a\"\npassword=\"b\"\n");
         let err = Config::parse(&with_user).unwrap_err().to_string();
         assert!(err.contains("STARTTLS"), "{err}");
+    }
+
+    #[test]
+    fn a_user_needs_exactly_one_good_password_or_hash() {
+        let tls = "\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let user = |fields: &str| format!("{MINIMAL}{tls}\n[[user]]\nname=\"app1\"\n{fields}\n");
+        let hash = crate::password::hash("pw").unwrap();
+        Config::parse(&user(&format!("password_hash = \"{hash}\""))).unwrap();
+        Config::parse(&user("password = \"pw\"")).unwrap();
+        for (fields, expected) in [
+            (
+                "password_hash = \"pw\"",
+                "user.app1.password_hash: not a PHC string",
+            ),
+            (
+                "password_hash = \"$scrypt$ln=16,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"",
+                "user.app1.password_hash: algorithm scrypt is not supported",
+            ),
+            (
+                "",
+                "user.app1: give a non-empty password or a password_hash",
+            ),
+            ("password = \"\"", "user.app1: give a non-empty password"),
+        ] {
+            let err = Config::parse(&user(fields)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{fields}: {err}");
+        }
+        let both = user(&format!("password = \"pw\"\npassword_hash = \"{hash}\""));
+        let err = Config::parse(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 }

@@ -400,13 +400,19 @@ impl Session {
             self.error("504 5.5.4 Unrecognized authentication type");
             return Ok(());
         };
-        let ok = creds.as_ref().is_some_and(|(u, p)| {
-            self.shared
-                .config
-                .user
-                .iter()
-                .any(|c| c.name == *u && constant_time_eq(c.password.as_bytes(), p.as_bytes()))
-        });
+        let ok = match &creds {
+            Some((user, pass)) => {
+                // Argon2 takes tens of milliseconds on purpose: off the async workers.
+                let shared = self.shared.clone();
+                let (user, pass) = (user.clone(), pass.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::password::verify(&shared.config.user, &user, &pass)
+                })
+                .await
+                .unwrap_or(false)
+            }
+            None => false,
+        };
         if ok {
             self.user = creds.map(|(u, _)| u);
             self.reply("235 2.7.0 Authentication successful");
@@ -597,13 +603,6 @@ impl Session {
 /// Keep client-supplied text printable and short before echoing it.
 fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(255).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A stand-in transport that is always at EOF (used while swapping streams).

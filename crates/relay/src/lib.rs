@@ -17,6 +17,7 @@ pub mod http;
 pub mod ingress;
 pub mod metrics;
 pub mod pacing_gate;
+pub mod password;
 pub mod queue;
 pub mod routes;
 pub mod scheduler;

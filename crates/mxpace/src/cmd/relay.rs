@@ -135,6 +135,30 @@ pub fn init(_args: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Flags of `mxpace hash-password`.
+#[derive(clap::Args, Debug)]
+pub struct HashPasswordArgs {}
+
+/// Read a password from stdin (its first line) and print its Argon2id PHC string for
+/// `password_hash` in a `[[user]]` entry. Not a flag: a password on the command line
+/// would land in the shell's history and in `ps`.
+pub fn hash_password(_args: HashPasswordArgs) -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        bail!(
+            "no password on stdin (e.g. `read -rs PW; printf '%s\\n' \"$PW\" | mxpace hash-password`)"
+        );
+    }
+    let phc = mxpace_relay::password::hash(password).map_err(anyhow::Error::msg)?;
+    println!("{phc}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Inspect or act on the queue.
 pub fn queue(args: QueueArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
