@@ -695,3 +695,53 @@ fn metrics_count_attempts_by_path_and_outcome_and_show_the_queue_and_pacing() {
         );
     }
 }
+
+#[test]
+fn a_long_deferral_sends_one_delay_report_to_senders_who_asked_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(dir.path());
+    // Delay reports after 1 s instead of 4 h; retries at 0.3 s, then every 0.6 s.
+    let extra = format!("delay_warning = \"1s\"\n{FAST_RETRY}");
+    let relay = Relay::start(dir.path(), &config(sim.addr, &extra));
+    let asked = "tempfail+4@example.test";
+    let silent = "tempfail+5@example.test";
+    submit_with(
+        &relay,
+        asked,
+        "<slow-1@origin.test>",
+        "NOTIFY=DELAY,FAILURE",
+    );
+    // No NOTIFY: no delay report unless delay_warning_unrequested is set.
+    submit(&relay, silent, "<slow-2@origin.test>");
+    wait_until(
+        "both delivered after their deferrals",
+        Duration::from_secs(30),
+        || sim.accepted_for(asked).len() == 1 && sim.accepted_for(silent).len() == 1,
+    );
+    wait_until(
+        "the delay report at the sender",
+        Duration::from_secs(20),
+        || !sim.accepted_for("app@origin.test").is_empty(),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(sim.deferred_for(asked), 4);
+    assert_eq!(sim.deferred_for(silent), 5);
+    let reports = sim.accepted_for("app@origin.test");
+    assert_eq!(
+        reports.len(),
+        1,
+        "one delay report, not one per deferral: {reports:?}"
+    );
+    let id = reports[0]["message_id"].as_str().unwrap();
+    assert!(id.ends_with(".delay@relay.test>"), "{id}");
+    let dsn = relay.events_for(asked, "dsn");
+    assert_eq!(dsn.len(), 1, "{dsn:?}");
+    assert_eq!(dsn[0]["extra"]["action"], "delayed");
+    assert_eq!(dsn[0]["message_id"], "<slow-1@origin.test>");
+    assert!(relay.events_for(silent, "dsn").is_empty());
+    // Still delivered once: a delay report is no bounce.
+    assert_eq!(
+        outcomes(&relay.events_for(asked, "attempt")),
+        ["deferred", "deferred", "deferred", "deferred", "delivered"]
+    );
+}

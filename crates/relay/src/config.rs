@@ -162,6 +162,21 @@ pub struct RelaySection {
     /// message's reception (default 72h, the default max age).
     #[serde(default = "default_idempotency_retention", with = "duration_str")]
     pub idempotency_retention: Duration,
+    /// Send one delay report (a DSN with `Action: delayed`) once a message has waited
+    /// this long with recipients still deferred; "0s" turns delay reports off.
+    #[serde(default = "default_delay_warning", with = "duration_str")]
+    pub delay_warning: Duration,
+    /// Also report delays for recipients given without a NOTIFY parameter (by default
+    /// only recipients whose NOTIFY asks for DELAY get one, as RFC 3461 §4.1 lets the
+    /// sender choose; a bulk sender's bounce address wants no delay reports).
+    #[serde(default)]
+    pub delay_warning_unrequested: bool,
+}
+
+fn default_delay_warning() -> Duration {
+    // Postfix's delay_warning_time is 4h when enabled; Microsoft 365 deferrals
+    // typically clear within hours.
+    Duration::from_secs(4 * 3600)
 }
 
 fn default_idempotency_retention() -> Duration {

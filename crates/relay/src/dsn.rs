@@ -8,9 +8,12 @@ use mxpace_reply::Verdict;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
-/// Why the recipient failed.
+/// Why the recipient is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
+    /// Still deferred and still being retried: a delay report (`Action: delayed`),
+    /// sent once when the message has waited `delay_warning`.
+    Delayed,
     /// The receiver refused permanently.
     Bounced,
     /// Max age reached while deferred.
@@ -37,8 +40,9 @@ const MAX_DIAGNOSTIC: usize = 900;
 /// Largest original message returned in full (RET=FULL); beyond it, headers only.
 const MAX_RETURNED: usize = 1024 * 1024;
 
-/// Build a failure DSN for `failed` recipients of `msg` (RFC 3464 §2).
-pub fn build_failure_dsn(
+/// Build a DSN for the `failed` (or, all of kind [`FailureKind::Delayed`], delayed)
+/// recipients of `msg` (RFC 3464 §2).
+pub fn build_dsn(
     reporting_mta: &str,
     from: &str,
     msg: &QueuedMessage,
@@ -50,12 +54,26 @@ pub fn build_failure_dsn(
     let arrival = OffsetDateTime::from_unix_timestamp_nanos(msg.received_ms as i128 * 1_000_000)
         .unwrap_or(now);
 
-    let mut human = format!(
-        "This is the mail system at host {reporting_mta}.\r\n\r\n\
-         Your message could not be delivered to one or more recipients.\r\n\r\n"
-    );
+    let delayed = failed.iter().all(|f| f.kind == FailureKind::Delayed);
+    let retry_until = OffsetDateTime::from_unix_timestamp_nanos(msg.expires_ms as i128 * 1_000_000)
+        .unwrap_or(now);
+    let mut human = if delayed {
+        format!(
+            "This is the mail system at host {reporting_mta}.\r\n\r\n\
+             Your message has not been delivered yet to the recipients below: their\r\n\
+             receiving servers answered with temporary failures. It stays queued and\r\n\
+             is retried until {}.\r\nYou do not need to send it again.\r\n\r\n",
+            date(retry_until)
+        )
+    } else {
+        format!(
+            "This is the mail system at host {reporting_mta}.\r\n\r\n\
+             Your message could not be delivered to one or more recipients.\r\n\r\n"
+        )
+    };
     for f in failed {
         let why = match f.kind {
+            FailureKind::Delayed => "delivery is delayed (temporary failures so far)",
             FailureKind::Bounced => "the receiving server refused it permanently",
             FailureKind::Expired => {
                 "it stayed deferred (temporary failures) until the maximum queue age"
@@ -88,7 +106,12 @@ pub fn build_failure_dsn(
             status.push_str(&format!("Original-Recipient: {o}\r\n"));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
-        status.push_str("Action: failed\r\n");
+        let action = if f.kind == FailureKind::Delayed {
+            "delayed"
+        } else {
+            "failed"
+        };
+        status.push_str(&format!("Action: {action}\r\n"));
         status.push_str(&format!("Status: {}\r\n", f.status));
         if let Some(m) = &f.remote_mta {
             status.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
@@ -97,12 +120,19 @@ pub fn build_failure_dsn(
             status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(d)));
         }
         status.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now)));
-        if f.kind == FailureKind::Expired {
-            status.push_str(&format!("Will-Retry-Until: {}\r\n", date(now)));
+        match f.kind {
+            FailureKind::Expired => {
+                status.push_str(&format!("Will-Retry-Until: {}\r\n", date(now)));
+            }
+            FailureKind::Delayed => {
+                status.push_str(&format!("Will-Retry-Until: {}\r\n", date(retry_until)));
+            }
+            _ => {}
         }
     }
 
-    let returned = if msg.ret_full && original.len() <= MAX_RETURNED {
+    // A delay report returns the headers only: the message is still on its way.
+    let returned = if msg.ret_full && !delayed && original.len() <= MAX_RETURNED {
         MimePart::new("message/rfc822", original.to_vec()).transfer_encoding("8bit")
     } else {
         MimePart::new("text/rfc822-headers", headers_of(original).to_vec())
@@ -116,7 +146,9 @@ pub fn build_failure_dsn(
             returned,
         ],
     );
-    let subject = if failed.iter().all(|f| f.kind == FailureKind::Expired) {
+    let subject = if delayed {
+        "Delayed Mail (still being retried)"
+    } else if failed.iter().all(|f| f.kind == FailureKind::Expired) {
         "Undelivered Mail Returned to Sender (expired in queue)"
     } else {
         "Undelivered Mail Returned to Sender"
@@ -130,7 +162,11 @@ pub fn build_failure_dsn(
             mail_builder::headers::raw::Raw::new("auto-replied"),
         )
         .date(now.unix_timestamp())
-        .message_id(format!("{}.dsn@{reporting_mta}", msg.queue_id))
+        .message_id(if delayed {
+            format!("{}.delay@{reporting_mta}", msg.queue_id)
+        } else {
+            format!("{}.dsn@{reporting_mta}", msg.queue_id)
+        })
         .body(report)
         .write_to_vec()
         .unwrap_or_default()
@@ -163,11 +199,19 @@ fn one_line(text: &str) -> String {
 }
 
 /// The RFC 3463 status for a DSN: the classifier's enhanced code when it is
-/// of class 5, else the basic code's class with `.0.0`. Expiry is always 4.4.7.
+/// of class 5, else the basic code's class with `.0.0`. Expiry is always 4.4.7; a
+/// delay carries the deferral's own 4.x.x code (4.0.0 when it had none).
 pub fn status_for(verdict: Option<&Verdict>, kind: FailureKind) -> String {
     if kind == FailureKind::Expired {
         // RFC 3463 §3.5: 4.4.7 "Delivery time expired".
         return "4.4.7".into();
+    }
+    if kind == FailureKind::Delayed {
+        return verdict
+            .and_then(|v| v.enhanced.as_deref())
+            .filter(|e| e.starts_with('4'))
+            .unwrap_or("4.0.0")
+            .to_owned();
     }
     if let Some(e) = verdict.and_then(|v| v.enhanced.as_deref())
         && e.starts_with('5')
@@ -209,6 +253,7 @@ mod tests {
                 last_mx: None,
                 last_provider: None,
                 last_source: None,
+                delay_reported: false,
             }],
         };
         let failed = [FailedRecipient {
@@ -222,7 +267,7 @@ mod tests {
             diagnostic: Some("550 5.1.1 no such user".into()),
             remote_mta: Some("mx.x.test".into()),
         }];
-        let out = build_failure_dsn(
+        let out = build_dsn(
             "relay.test",
             "MAILER-DAEMON@relay.test",
             &msg,
@@ -268,5 +313,64 @@ mod tests {
             "4.4.7"
         );
         assert_eq!(status_for(None, FailureKind::Operator), "5.0.0");
+    }
+
+    #[test]
+    fn a_delay_report_says_delayed_until_when_and_returns_headers_only() {
+        let day = 86_400_000;
+        let msg = QueuedMessage {
+            queue_id: "Q2".into(),
+            message_id: "<m2@x>".into(),
+            sender: "app@origin.test".into(),
+            received_ms: 0,
+            stream: "transactional".into(),
+            size: 10,
+            env_id: None,
+            // Even with RET=FULL: the message is still on its way.
+            ret_full: true,
+            idempotency_key: None,
+            expires_ms: 3 * day,
+            recipients: Vec::new(),
+        };
+        let reply = "451 4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77714)";
+        let delayed = [FailedRecipient {
+            address: "u@contoso.test".into(),
+            orcpt: None,
+            status: status_for(
+                Some(&mxpace_reply::explain(reply, None)),
+                FailureKind::Delayed,
+            ),
+            kind: FailureKind::Delayed,
+            diagnostic: Some(reply.into()),
+            remote_mta: Some("contoso-test.mail.protection.outlook.com".into()),
+        }];
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(4);
+        let out = build_dsn(
+            "relay.test",
+            "MAILER-DAEMON@relay.test",
+            &msg,
+            &delayed,
+            b"Subject: order 42\r\n\r\nsecret body",
+            now,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Action: delayed\r\n"), "{text}");
+        assert!(!text.contains("Action: failed"));
+        assert!(text.contains("Status: 4.7.500\r\n"), "{text}");
+        assert!(
+            text.contains("Will-Retry-Until: Sun, 04 Jan 1970 00:00:00 +0000"),
+            "three days after arrival: {text}"
+        );
+        assert!(text.contains("Subject: Delayed Mail (still being retried)"));
+        assert!(text.contains("You do not need to send it again."), "{text}");
+        assert!(text.contains("Subject: order 42") && !text.contains("secret body"));
+        assert!(text.contains("Q2.delay@relay.test"));
+    }
+
+    #[test]
+    fn a_delay_without_an_enhanced_code_is_4_0_0() {
+        let v = mxpace_reply::explain("421 try later", None);
+        assert_eq!(status_for(Some(&v), FailureKind::Delayed), "4.0.0");
+        assert_eq!(status_for(None, FailureKind::Delayed), "4.0.0");
     }
 }

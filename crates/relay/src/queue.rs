@@ -263,6 +263,7 @@ mod tests {
             last_mx: None,
             last_provider: None,
             last_source: None,
+            delay_reported: false,
         }
     }
 

@@ -174,6 +174,7 @@ pub async fn accept(shared: &Shared, sub: Submission) -> Result<Accepted, SpoolE
                 last_mx: None,
                 last_provider: None,
                 last_source: None,
+                delay_reported: false,
             })
             .collect(),
     };
@@ -259,6 +260,7 @@ pub async fn finish_attempt(
     let mut events = Vec::new();
     let mut failed = Vec::new();
     let released: Vec<usize> = results.iter().map(|(i, _)| *i).collect();
+    let msg_times = (msg.received_ms, msg.sender.is_empty());
     for (i, result) in results {
         let Some(r) = msg.recipients.get_mut(i) else {
             continue;
@@ -300,6 +302,17 @@ pub async fn finish_attempt(
             }
             RetryDecision::RetryAt(t) => {
                 r.next_attempt_ms = t;
+                if !r.delay_reported && delay_report_due(&shared.config, &msg_times, r, now) {
+                    r.delay_reported = true;
+                    failed.push(FailedRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        status: dsn::status_for(verdict.as_ref(), FailureKind::Delayed),
+                        kind: FailureKind::Delayed,
+                        diagnostic: Some(reply.clone()),
+                        remote_mta: ctx.mx_host.clone(),
+                    });
+                }
                 outcome_if_retry
             }
             RetryDecision::Bounce => {
@@ -358,6 +371,85 @@ pub async fn finish_attempt(
     );
 }
 
+/// Whether a deferred recipient is due its one delay report: the message has waited
+/// `delay_warning` (not off), it has a sender to report to, and the recipient asked
+/// for delay reports (NOTIFY=DELAY), or gave no NOTIFY and the config reports those too.
+fn delay_report_due(
+    config: &Config,
+    (received_ms, null_sender): &(i64, bool),
+    r: &Recipient,
+    now: i64,
+) -> bool {
+    let after = config.relay.delay_warning.as_millis() as i64;
+    if after == 0 || *null_sender || now - received_ms < after {
+        return false;
+    }
+    if r.notify == 0 {
+        config.relay.delay_warning_unrequested
+    } else {
+        r.notify & smtp_proto::RCPT_NOTIFY_DELAY != 0
+    }
+}
+
+/// A DSN about `report` (failures, or delays) of `msg`, as a queued message to its
+/// sender (null sender, transactional stream) and its body.
+fn dsn_message(
+    shared: &Shared,
+    msg: &QueuedMessage,
+    report: &[FailedRecipient],
+    now: i64,
+) -> (QueuedMessage, Vec<u8>) {
+    let original = shared
+        .spool
+        .body(&msg.queue_id)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let body = dsn::build_dsn(
+        &shared.config.relay.hostname,
+        &shared.dsn_from(),
+        msg,
+        report,
+        &original,
+        time_of(now),
+    );
+    let policy = shared.config.retry_policy("transactional");
+    let suffix = if report.iter().all(|f| f.kind == FailureKind::Delayed) {
+        "delay"
+    } else {
+        "dsn"
+    };
+    let dsn = QueuedMessage {
+        queue_id: ulid::Ulid::new().to_string(),
+        message_id: format!(
+            "<{}.{suffix}@{}>",
+            msg.queue_id, shared.config.relay.hostname
+        ),
+        sender: String::new(),
+        received_ms: now,
+        stream: "transactional".into(),
+        size: body.len() as u64,
+        env_id: None,
+        ret_full: false,
+        idempotency_key: None,
+        expires_ms: policy.expires_at(now),
+        recipients: vec![Recipient {
+            address: msg.sender.clone(),
+            orcpt: None,
+            notify: 0,
+            status: RcptStatus::Queued,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_reply: None,
+            last_mx: None,
+            last_provider: None,
+            last_source: None,
+            delay_reported: false,
+        }],
+    };
+    (dsn, body)
+}
+
 /// Persist `msg`'s new state (or remove it when done), queue a DSN for
 /// `failed`, write `events`, and update the in-memory queue.
 async fn commit_and_notify(
@@ -369,69 +461,42 @@ async fn commit_and_notify(
     now: i64,
 ) {
     let mut ops = Vec::new();
-    let mut dsn_msg = None;
+    let mut dsn_msgs = Vec::new();
     let notify_failure = |r: &FailedRecipient| {
-        // NOTIFY=NEVER (or NOTIFY without FAILURE) suppresses the failure DSN.
-        msg.recipients
-            .iter()
-            .find(|x| x.address == r.address)
-            .is_none_or(|x| x.notify == 0 || x.notify & smtp_proto::RCPT_NOTIFY_FAILURE != 0)
+        // NOTIFY=NEVER (or NOTIFY without FAILURE) suppresses the failure DSN; delay
+        // reports were chosen by NOTIFY already (`delay_report_due`).
+        r.kind == FailureKind::Delayed
+            || msg
+                .recipients
+                .iter()
+                .find(|x| x.address == r.address)
+                .is_none_or(|x| x.notify == 0 || x.notify & smtp_proto::RCPT_NOTIFY_FAILURE != 0)
     };
-    let failed: Vec<FailedRecipient> = failed.into_iter().filter(notify_failure).collect();
-    if !failed.is_empty() && !msg.sender.is_empty() {
-        let original = shared
-            .spool
-            .body(&msg.queue_id)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let body = dsn::build_failure_dsn(
-            &shared.config.relay.hostname,
-            &shared.dsn_from(),
-            &msg,
-            &failed,
-            &original,
-            time_of(now),
-        );
-        let dsn_id = ulid::Ulid::new().to_string();
-        let policy = shared.config.retry_policy("transactional");
-        let dsn = QueuedMessage {
-            queue_id: dsn_id,
-            message_id: format!("<{}.dsn@{}>", msg.queue_id, shared.config.relay.hostname),
-            sender: String::new(),
-            received_ms: now,
-            stream: "transactional".into(),
-            size: body.len() as u64,
-            env_id: None,
-            ret_full: false,
-            idempotency_key: None,
-            expires_ms: policy.expires_at(now),
-            recipients: vec![Recipient {
-                address: msg.sender.clone(),
-                orcpt: None,
-                notify: 0,
-                status: RcptStatus::Queued,
-                attempts: 0,
-                next_attempt_ms: now,
-                last_reply: None,
-                last_mx: None,
-                last_provider: None,
-                last_source: None,
-            }],
-        };
-        for f in &failed {
+    let (delayed, failed): (Vec<FailedRecipient>, Vec<FailedRecipient>) = failed
+        .into_iter()
+        .filter(notify_failure)
+        .partition(|f| f.kind == FailureKind::Delayed);
+    for report in [failed, delayed] {
+        if report.is_empty() || msg.sender.is_empty() {
+            continue;
+        }
+        let dsn = dsn_message(shared, &msg, &report, now);
+        for f in &report {
             let mut e = base_event(EventType::Dsn, &msg, &f.address, now);
             e.stream = Some(msg.stream.clone());
             e.extra
-                .insert("dsn_queue_id".into(), dsn.queue_id.clone().into());
+                .insert("dsn_queue_id".into(), dsn.0.queue_id.clone().into());
             e.extra.insert("status".into(), f.status.clone().into());
+            if f.kind == FailureKind::Delayed {
+                e.extra.insert("action".into(), "delayed".into());
+            }
             events.push(e);
         }
         ops.push(SpoolOp::Insert {
-            message: dsn.clone(),
-            body,
+            message: dsn.0.clone(),
+            body: dsn.1,
         });
-        dsn_msg = Some(dsn);
+        dsn_msgs.push(dsn.0);
     }
     if msg.is_done() {
         ops.push(SpoolOp::Remove(msg.queue_id.clone()));
@@ -443,7 +508,7 @@ async fn commit_and_notify(
             shared.record(&events);
             let mut q = shared.queue();
             q.update(msg, released);
-            if let Some(d) = dsn_msg {
+            for d in dsn_msgs {
                 q.insert(d);
             }
             drop(q);

@@ -78,6 +78,9 @@ pub struct Recipient {
     pub last_provider: Option<String>,
     #[serde(default)]
     pub last_source: Option<std::net::IpAddr>,
+    /// A delay report (DSN `Action: delayed`) was sent for this recipient.
+    #[serde(default)]
+    pub delay_reported: bool,
 }
 
 impl Recipient {
@@ -481,6 +484,7 @@ mod tests {
                 last_mx: None,
                 last_provider: None,
                 last_source: None,
+                delay_reported: false,
             }],
         }
     }
