@@ -373,6 +373,30 @@ fn source_ip(h: &Header<'_>, config: &ReaderConfig) -> Option<IpAddr> {
         .copied()
 }
 
+#[cfg(test)]
+mod key_tests {
+    use super::qid_key;
+
+    #[test]
+    fn queue_id_keys_are_exact_for_postfix_ids_and_never_collide_with_other_text() {
+        let ids = [
+            "3F2A81C0D2",
+            "03F2A81C0D2",
+            "3F2A81C0D20",
+            "4Qz8Lb1Xyz9abc",
+            "zzzzzzzzzzzzzzzzzzzz",
+            "00000",
+        ];
+        let keys: std::collections::HashSet<u128> = ids.iter().map(|q| qid_key(q)).collect();
+        assert_eq!(keys.len(), ids.len());
+        assert_eq!(qid_key("4Qz8Lb1Xyz9abc"), qid_key("4Qz8Lb1Xyz9abc"));
+        // Not a queue ID: hashed, marked by the top bit, so it cannot equal an exact key.
+        assert!(qid_key("not-a-queue-id") >> 127 == 1);
+        assert!(qid_key("zzzzzzzzzzzzzzzzzzzz") >> 127 == 0);
+        assert!(qid_key("zzzzzzzzzzzzzzzzzzzzz") >> 127 == 1);
+    }
+}
+
 /// What is known about a queue ID still in the queue.
 #[derive(Debug, Default)]
 struct Open {
@@ -384,10 +408,41 @@ struct Open {
     deferred: Vec<String>,
 }
 
+/// A queue ID as a map key without an allocation: Postfix queue IDs are 5 to 20
+/// characters of `[0-9A-Za-z]`, 6 bits each (1–62, 0 for "no character"), so up to 120
+/// bits hold any of them exactly (distinct IDs, distinct keys). Anything else (only
+/// reachable by calling the public API with a string [`parse_line`] would not accept)
+/// gets bit 127 and a 64-bit hash of its text.
+fn qid_key(qid: &str) -> u128 {
+    let b = qid.as_bytes();
+    if b.len() <= 20 {
+        let mut key = 0u128;
+        let mut exact = true;
+        for &c in b {
+            let v = match c {
+                b'0'..=b'9' => c - b'0' + 1,
+                b'A'..=b'Z' => c - b'A' + 11,
+                b'a'..=b'z' => c - b'a' + 37,
+                _ => {
+                    exact = false;
+                    break;
+                }
+            };
+            key = key << 6 | v as u128;
+        }
+        if exact {
+            return key;
+        }
+    }
+    use std::hash::BuildHasher;
+    1 << 127 | rustc_hash::FxBuildHasher.hash_one(qid) as u128
+}
+
 /// Joins parsed lines by queue ID. State is only the queue IDs still open.
 #[derive(Debug)]
 pub struct Correlator {
-    open: HashMap<String, Open>,
+    /// Keyed by [`qid_key`]: no allocation or text compare per line.
+    open: HashMap<u128, Open>,
     years: YearTracker,
 }
 
@@ -432,7 +487,7 @@ impl Correlator {
     /// deferred) and return what is known about its message: `None` when its qmgr line
     /// is in an earlier log (the sender is unknown, not null).
     pub fn delivery(&mut self, d: &Delivery<'_>) -> Option<Context<'_>> {
-        let open = self.open.get_mut(d.qid)?;
+        let open = self.open.get_mut(&qid_key(d.qid))?;
         let pending = open.deferred.iter().position(|r| r == d.recipient);
         match (d.outcome, pending) {
             (Outcome::Deferred | Outcome::ConnectionFailed, None) => {
@@ -486,7 +541,7 @@ impl Correlator {
             }
             Record::From { qid, sender, size } => {
                 if self.queued(qid, sender, size) {
-                    let open = &self.open[qid];
+                    let open = &self.open[&qid_key(qid)];
                     let mut e = Event::new(EventType::Received, time);
                     e.queue_id = qid.to_string();
                     e.message_id = open.message_id.clone();
@@ -497,11 +552,11 @@ impl Correlator {
                 }
             }
             Record::Expired { qid, sender } => {
-                let open = self.open.remove(qid).unwrap_or_default();
+                let open = self.open.remove(&qid_key(qid)).unwrap_or_default();
                 self.final_records(EventType::Expired, time, qid, sender.to_string(), open, out);
             }
             Record::Removed { qid, by_operator } => {
-                if let Some(open) = self.open.remove(qid)
+                if let Some(open) = self.open.remove(&qid_key(qid))
                     && by_operator
                 {
                     let sender = open.sender.clone();
@@ -529,10 +584,7 @@ impl Correlator {
 
     /// The open state of `qid`, created if new (allocates only then).
     fn open_mut(&mut self, qid: &str) -> &mut Open {
-        if !self.open.contains_key(qid) {
-            self.open.insert(qid.to_string(), Open::default());
-        }
-        self.open.get_mut(qid).expect("inserted above")
+        self.open.entry(qid_key(qid)).or_default()
     }
 
     /// One record per recipient still deferred when the message left the queue.
