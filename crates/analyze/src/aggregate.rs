@@ -543,10 +543,17 @@ impl Analyzer {
     /// The part of an attempt that depends on the order of the log: sessions, the
     /// recipient's retries, its end.
     fn ordered(&mut self, e: &AttemptView<'_>, provider: &str, outcome: Outcome) {
+        // The duplicate check's bucket is fetched from memory while the session and the
+        // recipient's state are looked at.
+        let delivery = (outcome == Outcome::Delivered).then(|| {
+            let (message, key) = self.delivery_key(e);
+            self.delivered.prefetch(key);
+            (message, key)
+        });
         if let Some(session) = e.session {
             self.session(e.source_ip, provider, e.time, session);
         }
-        self.recipient(e, outcome, is_deferral(outcome), e.reply);
+        self.recipient(e, outcome, is_deferral(outcome), e.reply, delivery);
     }
 
     fn session(
@@ -577,7 +584,16 @@ impl Analyzer {
         }
     }
 
-    fn recipient(&mut self, e: &AttemptView<'_>, outcome: Outcome, deferred: bool, reply: &str) {
+    /// `delivery`: for a delivery, the message (its id, else its queue ID) and the hash of
+    /// (message, recipient) for the duplicate check.
+    fn recipient(
+        &mut self,
+        e: &AttemptView<'_>,
+        outcome: Outcome,
+        deferred: bool,
+        reply: &str,
+        delivery: Option<(&str, u64)>,
+    ) {
         let t = e.time;
         let key = self.hasher.hash_one((e.queue_id, e.recipient));
         let qid = self.hasher.hash_one(e.queue_id);
@@ -611,7 +627,9 @@ impl Analyzer {
             state.last = t;
             state.last_deferred = true;
             state.deferrals += 1;
-            state.last_reply = truncate(reply, 120);
+            // The text's buffer is reused from one deferral to the next.
+            state.last_reply.clear();
+            push_truncated(&mut state.last_reply, reply, 120);
             let first = state.first;
             let arrival = match self.arrivals.get_mut(&qid) {
                 Some(a) => {
@@ -670,12 +688,7 @@ impl Analyzer {
                     }
                 };
                 self.health.time_to_deliver[age_bucket((t - arrival).whole_seconds())] += 1;
-                let message = if e.message_id.is_empty() {
-                    e.queue_id
-                } else {
-                    e.message_id
-                };
-                let key = self.hasher.hash_one((message, e.recipient));
+                let (message, key) = delivery.unwrap_or_else(|| self.delivery_key(e));
                 if self.delivered.check_and_insert(key) {
                     let example = format!(
                         "{} {} to {}: delivered again (queue {})",
@@ -703,6 +716,17 @@ impl Analyzer {
             }
             _ => {}
         }
+    }
+
+    /// The message of a delivery (its id, else its queue ID) and the hash of (message,
+    /// recipient) that the duplicate check remembers.
+    fn delivery_key<'e>(&self, e: &AttemptView<'e>) -> (&'e str, u64) {
+        let message = if e.message_id.is_empty() {
+            e.queue_id
+        } else {
+            e.message_id
+        };
+        (message, self.hasher.hash_one((message, e.recipient)))
     }
 
     /// One open recipient of `queue_id` left the queue.
@@ -770,10 +794,12 @@ fn is_deferral(outcome: Outcome) -> bool {
 /// whole. The parser threads keep one per piece of the log.
 #[derive(Default)]
 pub struct Tally {
-    pub(crate) segments: HashMap<Dimension, HashMap<String, Counts>>,
+    /// Per dimension (indexed by `Dimension as usize`): key → counts.
+    pub(crate) segments: [HashMap<String, Counts>; 8],
     /// provider → window start (unix s) → cell.
     pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
-    pub(crate) templates: HashMap<(String, String), TemplateStats>,
+    /// provider → template → stats (two levels, so that a lookup borrows both texts).
+    pub(crate) templates: HashMap<String, HashMap<String, TemplateStats>>,
     /// Text of each sending IP and of its paths, made once.
     ip_names: HashMap<Option<std::net::IpAddr>, IpNames>,
 }
@@ -813,7 +839,7 @@ impl Tally {
         ];
         for (dim, key) in keys {
             if let Some(key) = key {
-                bump(self.segments.entry(dim).or_default(), key, deferred);
+                bump(&mut self.segments[dim as usize], key, deferred);
             }
         }
 
@@ -843,8 +869,12 @@ impl Tally {
             cell.samples.push(sample());
         }
         if let Some(template) = &derived.template {
-            let key = (provider.to_string(), template.clone());
-            match self.templates.get_mut(&key) {
+            if !self.templates.contains_key(provider) {
+                self.templates
+                    .insert(provider.to_string(), HashMap::default());
+            }
+            let templates = self.templates.get_mut(provider).expect("inserted above");
+            match templates.get_mut(template.as_str()) {
                 Some(stats) => {
                     stats.count += 1;
                     stats.deferred += deferred as u64;
@@ -854,8 +884,8 @@ impl Tally {
                         .verdict
                         .cloned()
                         .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host));
-                    self.templates.insert(
-                        key,
+                    templates.insert(
+                        template.clone(),
                         TemplateStats {
                             provider: provider.to_string(),
                             count: 1,
@@ -880,7 +910,7 @@ impl Tally {
         let sender_domain = domain_lower(e.sender);
         let key = sender_key(e, &sender_domain);
         bump(
-            self.segments.entry(Dimension::SenderDomain).or_default(),
+            &mut self.segments[Dimension::SenderDomain as usize],
             key,
             deferred,
         );
@@ -890,8 +920,7 @@ impl Tally {
 
     /// Add the tally of the attempts that follow this one's.
     fn merge(&mut self, other: Tally, examples: usize) {
-        for (dim, map) in other.segments {
-            let mine = self.segments.entry(dim).or_default();
+        for (mine, map) in self.segments.iter_mut().zip(other.segments) {
             for (key, counts) in map {
                 mine.entry(key).or_default().merge(counts);
             }
@@ -910,14 +939,17 @@ impl Tally {
                 into.samples.extend(cell.samples.into_iter().take(room));
             }
         }
-        for (key, stats) in other.templates {
-            match self.templates.get_mut(&key) {
-                Some(into) => {
-                    into.count += stats.count;
-                    into.deferred += stats.deferred;
-                }
-                None => {
-                    self.templates.insert(key, stats);
+        for (provider, templates) in other.templates {
+            let mine = self.templates.entry(provider).or_default();
+            for (template, stats) in templates {
+                match mine.get_mut(&template) {
+                    Some(into) => {
+                        into.count += stats.count;
+                        into.deferred += stats.deferred;
+                    }
+                    None => {
+                        mine.insert(template, stats);
+                    }
                 }
             }
         }
@@ -1011,6 +1043,17 @@ fn age_bucket(secs: i64) -> usize {
         .iter()
         .position(|(max, _)| secs < *max)
         .unwrap_or(AGE_BUCKETS.len() - 1)
+}
+
+/// Append `s`, cut after `max` characters (marked `…`), to `out`.
+fn push_truncated(out: &mut String, s: &str, max: usize) {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => {
+            out.push_str(&s[..i]);
+            out.push('…');
+        }
+        None => out.push_str(s),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

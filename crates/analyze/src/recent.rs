@@ -38,13 +38,36 @@ impl RecentSet {
         self.slots.len() * WAYS
     }
 
-    /// Remembers `hash`; returns `true` if it was already remembered (then nothing changes).
-    pub fn check_and_insert(&mut self, hash: u64) -> bool {
-        // 0 marks an empty way.
-        let fingerprint = hash.max(1);
+    /// The bucket of `hash` (0 marks an empty way, so `hash` 0 is stored as 1).
+    fn index(&self, hash: u64) -> usize {
         // The bucket comes from the high bits, spread by a multiply: FxHash's low bits are
         // weak for short keys.
-        let index = (fingerprint.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
+        (hash.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
+    }
+
+    /// Ask the CPU to load the bucket of `hash` into the cache, so that a
+    /// [`RecentSet::check_and_insert`] issued a little later does not wait for memory
+    /// (the table is far larger than the caches: each lookup is a miss otherwise).
+    pub fn prefetch(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bucket: *const [u64; WAYS] = &self.slots[self.index(hash)];
+            // SAFETY: SSE is part of every x86_64 CPU, and a prefetch never faults nor
+            // reads into the program (it only warms the cache); the pointer is valid anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    bucket.cast::<i8>(),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
+    /// Remembers `hash`; returns `true` if it was already remembered (then nothing changes).
+    pub fn check_and_insert(&mut self, hash: u64) -> bool {
+        let fingerprint = hash.max(1);
+        let index = self.index(hash);
         let bucket = &mut self.slots[index];
         if bucket.contains(&fingerprint) {
             return true;

@@ -158,9 +158,7 @@ impl Report {
         };
         let mut segments = Vec::new();
         for dim in Dimension::ALL {
-            let Some(map) = analyzer.tally.segments.get(&dim) else {
-                continue;
-            };
+            let map = &analyzer.tally.segments[dim as usize];
             let mut rows: Vec<(&String, &Counts)> = map.iter().collect();
             rows.sort_by(|a, b| {
                 b.1.deferred
@@ -219,7 +217,8 @@ impl Report {
             .tally
             .templates
             .iter()
-            .map(|((provider, template), s)| TemplateReport {
+            .flat_map(|(provider, templates)| templates.iter().map(move |t| (provider, t)))
+            .map(|(provider, (template, s))| TemplateReport {
                 provider: provider.clone(),
                 template: template.clone(),
                 count: s.count,

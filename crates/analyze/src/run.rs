@@ -262,13 +262,60 @@ pub const CHUNK: usize = 8 << 20;
 /// piece while the others are parsed, and the cores idle little at the chunk's end.
 const PIECES_PER_CHUNK: usize = 32;
 
-/// One line of a piece, parsed (borrowing the chunk) or counted.
+/// One line of a piece, parsed (borrowing the chunk) or counted, with its length. Kept
+/// small (the piece's attempts, which are large, are in [`Piece::attempts`]).
 enum Item<'a> {
-    /// A delivery attempt with the keys that depend only on its line.
-    Attempt(Box<Attempt<'a>>, u32),
-    Parsed(Parsed<'a>, u32),
+    /// A delivery attempt: its index in [`Piece::attempts`].
+    Attempt(u32, u32),
+    Queue(Stamp, QueueLine<'a>, u32),
     Ignored(u32),
     Skipped(SkipReason, u32),
+}
+
+/// A Postfix line that is not a delivery attempt: the frequent records inline, the rare
+/// ones boxed, so that an item stays small.
+enum QueueLine<'a> {
+    MessageId {
+        qid: &'a str,
+        message_id: &'a str,
+    },
+    From {
+        qid: &'a str,
+        sender: &'a str,
+        size: Option<u64>,
+    },
+    Removed {
+        qid: &'a str,
+        by_operator: bool,
+    },
+    Other(Box<Record<'a>>),
+}
+
+impl<'a> QueueLine<'a> {
+    fn of(record: Record<'a>) -> Self {
+        match record {
+            Record::MessageId { qid, message_id } => QueueLine::MessageId { qid, message_id },
+            Record::From { qid, sender, size } => QueueLine::From { qid, sender, size },
+            Record::Removed { qid, by_operator } => QueueLine::Removed { qid, by_operator },
+            other => QueueLine::Other(Box::new(other)),
+        }
+    }
+
+    fn record(&self) -> Record<'a> {
+        match self {
+            QueueLine::MessageId { qid, message_id } => Record::MessageId { qid, message_id },
+            QueueLine::From { qid, sender, size } => Record::From {
+                qid,
+                sender,
+                size: *size,
+            },
+            QueueLine::Removed { qid, by_operator } => Record::Removed {
+                qid,
+                by_operator: *by_operator,
+            },
+            QueueLine::Other(record) => (**record).clone(),
+        }
+    }
 }
 
 struct Attempt<'a> {
@@ -314,9 +361,10 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// A parsed piece: its lines and the order-free counts of its attempts.
+/// A parsed piece: its lines, its delivery attempts, and their order-free counts.
 struct Piece<'a> {
     items: Vec<Item<'a>>,
+    attempts: Vec<Attempt<'a>>,
     tally: Tally,
 }
 
@@ -331,12 +379,10 @@ struct ParseContext<'a> {
 
 fn parse_piece<'a>(piece: &'a [u8], cx: &ParseContext<'a>) -> Piece<'a> {
     let mut items = Vec::with_capacity(piece.len() / 160 + 1);
+    let mut attempts = Vec::with_capacity(piece.len() / 600 + 1);
     let mut tally = Tally::default();
     let mut years = cx.years.clone();
-    for line in piece.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            continue;
-        }
+    for line in lines(piece) {
         let len = line.len() as u32;
         items.push(match postfix::parse_line(line, cx.reader) {
             Ok(Some(Parsed {
@@ -362,17 +408,35 @@ fn parse_piece<'a>(piece: &'a [u8], cx: &ParseContext<'a>) -> Piece<'a> {
                 if let Some(time) = attempt.time {
                     attempt.tally(&mut tally, cx.config, time);
                 }
-                Item::Attempt(Box::new(attempt), len)
+                attempts.push(attempt);
+                Item::Attempt(attempts.len() as u32 - 1, len)
             }
             Ok(Some(p)) => {
                 years.resolve(p.stamp);
-                Item::Parsed(p, len)
+                Item::Queue(p.stamp, QueueLine::of(p.record), len)
             }
             Ok(None) => Item::Ignored(len),
             Err(r) => Item::Skipped(r, len),
         });
     }
-    Piece { items, tally }
+    Piece {
+        items,
+        attempts,
+        tally,
+    }
+}
+
+/// The non-empty lines of `piece` (without their `\n`), found with memchr: a byte-by-byte
+/// split cost about 5 % of the whole analysis.
+fn lines(piece: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', piece)
+        .chain(std::iter::once(piece.len()))
+        .filter_map(move |end| {
+            let line = &piece[start.min(end)..end];
+            start = end + 1;
+            (!line.is_empty()).then_some(line)
+        })
 }
 
 /// Split a chunk into about `pieces` slices that end on line boundaries.
@@ -499,10 +563,11 @@ fn fold(
     events: &mut Vec<Event>,
 ) {
     let mut guessed_right = true;
-    let mut times = Vec::new();
+    let mut times = Vec::with_capacity(piece.attempts.len());
     for item in &piece.items {
         match item {
-            Item::Attempt(a, len) => {
+            Item::Attempt(i, len) => {
+                let a = &piece.attempts[*i as usize];
                 let time = correlator.resolve(a.stamp);
                 guessed_right &= time == a.time;
                 times.push(time);
@@ -524,14 +589,14 @@ fn fold(
                 analyzer.observe_tallied(&view, &a.derived.provider);
                 stats.count(LineStatus::Used, *len as usize, 1);
             }
-            Item::Parsed(parsed, len) => {
+            Item::Queue(stamp, line, len) => {
                 let len = *len as usize;
-                let Some(time) = correlator.resolve(parsed.stamp) else {
+                let Some(time) = correlator.resolve(*stamp) else {
                     stats.count(LineStatus::Skipped(SkipReason::BadTimestamp), len, 0);
                     continue;
                 };
-                match parsed.record {
-                    Record::From { qid, sender, size } => {
+                match *line {
+                    QueueLine::From { qid, sender, size } => {
                         // The `received` event without building one.
                         let announced = correlator.queued(qid, sender, size);
                         if announced {
@@ -539,9 +604,9 @@ fn fold(
                         }
                         stats.count(LineStatus::Used, len, announced as usize);
                     }
-                    ref record => {
+                    ref line => {
                         events.clear();
-                        correlator.queue_record(time, record.clone(), events);
+                        correlator.queue_record(time, line.record(), events);
                         stats.count(LineStatus::Used, len, events.len());
                         for e in events.iter() {
                             analyzer.observe(e);
@@ -558,11 +623,7 @@ fn fold(
         return;
     }
     let mut tally = Tally::default();
-    let attempts = piece.items.iter().filter_map(|item| match item {
-        Item::Attempt(a, _) => Some(a),
-        _ => None,
-    });
-    for (a, time) in attempts.zip(times) {
+    for (a, time) in piece.attempts.iter().zip(times) {
         if let Some(time) = time {
             a.tally(&mut tally, analyzer.config(), time);
         }
@@ -583,6 +644,19 @@ mod tests {
     use super::*;
     use crate::generate::{Scenario, write_postfix};
     use crate::report::Report;
+
+    #[test]
+    fn lines_are_split_without_their_ends_and_empty_ones_are_dropped() {
+        let split = |s: &str| -> Vec<String> {
+            lines(s.as_bytes())
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect()
+        };
+        assert_eq!(split("a\n\nbc\nd"), ["a", "bc", "d"]);
+        assert_eq!(split("x\n"), ["x"]);
+        assert!(split("").is_empty());
+        assert!(split("\n\n").is_empty());
+    }
 
     /// The parser threads guess the year of classic stamps; when the guess is wrong the
     /// fold must tally the piece again with the right time. Forcing a wrong guess (2020)

@@ -362,8 +362,10 @@ fn judge(
     let mut templates: Vec<_> = analyzer
         .tally
         .templates
-        .values()
-        .filter(|s| s.provider == provider && s.deferred > 0)
+        .get(provider)
+        .into_iter()
+        .flat_map(|templates| templates.values())
+        .filter(|s| s.deferred > 0)
         .collect();
     templates.sort_by_key(|t| std::cmp::Reverse(t.deferred));
     for s in templates.iter().take(3) {

@@ -122,14 +122,17 @@ fn header(s: &str) -> Result<Header<'_>, SkipReason> {
     } else {
         stamp::classic(s).ok_or(SkipReason::Unrecognised)?
     };
-    let (_host, rest) = rest.split_once(' ').ok_or(SkipReason::Unrecognised)?;
+    let (_host, rest) = split_at_byte(rest, b' ').ok_or(SkipReason::Unrecognised)?;
     let (tag, msg) = split_pair(rest, b':').ok_or(SkipReason::Unrecognised)?;
-    let (program, pid) = match tag.find('[') {
+    let (program, pid) = match tag.bytes().position(|b| b == b'[') {
         Some(i) => (&tag[..i], tag[i + 1..].trim_end_matches(']')),
         None => (tag, ""),
     };
     // Other daemons (`dovecot`, `opendkim`) have no `/daemon` part; the caller ignores them.
-    let (syslog_name, daemon) = program.rsplit_once('/').unwrap_or(("", program));
+    let (syslog_name, daemon) = match program.bytes().rposition(|b| b == b'/') {
+        Some(i) => (&program[..i], &program[i + 1..]),
+        None => ("", program),
+    };
     Ok(Header {
         stamp,
         syslog_name,
@@ -141,8 +144,29 @@ fn header(s: &str) -> Result<Header<'_>, SkipReason> {
 
 /// A Postfix queue ID: short hex (`3F2A81C0D2`) or long (`4Qz8Lb1Xyz9abc`) form.
 fn is_queue_id(s: &str) -> bool {
-    (5..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    // By table and without an early exit: queue IDs mix digits and letters at random, so
+    // a test per character class mispredicts a branch on most characters.
+    (5..=20).contains(&s.len())
+        && s.bytes()
+            .fold(true, |ok, b| ok & (QID_DIGITS[b as usize] != 0))
 }
+
+/// The 6-bit value of each queue-ID character (`0-9` 1–10, `A-Z` 11–36, `a-z` 37–62);
+/// 0 for any other byte.
+static QID_DIGITS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = match c as u8 {
+            b'0'..=b'9' => c as u8 - b'0' + 1,
+            b'A'..=b'Z' => c as u8 - b'A' + 11,
+            b'a'..=b'z' => c as u8 - b'a' + 37,
+            _ => 0,
+        };
+        c += 1;
+    }
+    table
+};
 
 /// Parse one line without any state. `Ok(None)`: a line of the log that carries
 /// nothing we need (another daemon, `connect from`, warnings).
@@ -168,7 +192,7 @@ pub fn parse_line<'a>(
         if FINDERS.expired.find(rest.as_bytes()).is_some() {
             Record::Expired { qid, sender }
         } else if h.daemon == "qmgr" {
-            let size = field(rest, "size=").and_then(|v| v.parse().ok());
+            let size = size_field(rest).and_then(|v| v.parse().ok());
             Record::From { qid, sender, size }
         } else {
             return Ok(None);
@@ -220,11 +244,19 @@ fn split_pair(s: &str, c: u8) -> Option<(&str, &str)> {
     find_pair(s, c).map(|at| (&s[..at], &s[at + 2..]))
 }
 
-/// Value of `name` in a `, `-separated field list.
-fn field<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    let i = s.find(name)?;
-    let v = &s[i + name.len()..];
-    Some(v.split([',', ' ']).next().unwrap_or(v))
+/// Split at the first `c` (an ASCII byte). The texts split this way on every line are
+/// a few bytes long: a plain scan costs less than a `char` pattern's searcher.
+fn split_at_byte(s: &str, c: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == c)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// Value of `size=` in a `, `-separated field list.
+fn size_field(s: &str) -> Option<&str> {
+    let i = FINDERS.size.find(s.as_bytes())?;
+    let v = &s[i + "size=".len()..];
+    let end = v.bytes().position(|b| b == b',' || b == b' ');
+    Some(&v[..end.unwrap_or(v.len())])
 }
 
 fn delivery<'a>(
@@ -254,9 +286,7 @@ fn delivery<'a>(
         let eq = memchr::memchr(b'=', next.as_bytes()).ok_or(SkipReason::Malformed)?;
         let (name, value_and_rest) = (&next[..eq], &next[eq + 1..]);
         if name == "status" {
-            let (word, tail) = value_and_rest
-                .split_once(' ')
-                .unwrap_or((value_and_rest, ""));
+            let (word, tail) = split_at_byte(value_and_rest, b' ').unwrap_or((value_and_rest, ""));
             status = Some(word);
             reason = tail.trim().strip_prefix('(').unwrap_or(tail.trim());
             reason = reason.strip_suffix(')').unwrap_or(reason);
@@ -267,7 +297,10 @@ fn delivery<'a>(
         match name {
             "relay" => {
                 // HOST[IP]:PORT, or `none`, `local`, `private/dovecot-lmtp`.
-                let host_ip = value.rsplit_once("]:").map_or(value, |(hi, _)| hi);
+                // The last `]:` (found without building a substring searcher).
+                let b = value.as_bytes();
+                let port = memchr::memrchr_iter(b']', b).find(|&i| b.get(i + 1) == Some(&b':'));
+                let host_ip = port.map_or(value, |i| &value[..i]);
                 let (host, ip) = host_and_ip_raw(host_ip);
                 d.mx_host = host;
                 d.peer_ip = ip;
@@ -305,6 +338,39 @@ fn delivery<'a>(
     Ok(d)
 }
 
+/// A dotted-quad IPv4 address, parsed by hand for the common case (it is parsed on every
+/// delivery line, from the `postfix-<ip>` service name); anything else goes to the
+/// standard parser, so the result is the same.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let b = s.as_bytes();
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        let start = i;
+        let mut v: u32 = 0;
+        while i < b.len() && b[i].is_ascii_digit() && i - start < 3 {
+            v = v * 10 + (b[i] - b'0') as u32;
+            i += 1;
+        }
+        let digits = i - start;
+        // Leading zeros and out-of-range octets: let the standard parser decide.
+        if digits == 0 || v > 255 || (digits > 1 && b[start] == b'0') {
+            return s.parse().ok();
+        }
+        *octet = v as u8;
+        if n < 3 {
+            if b.get(i) != Some(&b'.') {
+                return s.parse().ok();
+            }
+            i += 1;
+        }
+    }
+    if i != b.len() {
+        return s.parse().ok();
+    }
+    Some(IpAddr::from(octets))
+}
+
 /// `host[ip]` split like [`host_and_ip`], the host borrowed as logged.
 fn host_and_ip_raw(s: &str) -> (Option<&str>, Option<IpAddr>) {
     let s = s.trim();
@@ -312,7 +378,7 @@ fn host_and_ip_raw(s: &str) -> (Option<&str>, Option<IpAddr>) {
         Some(open) => {
             let rest = &s[open + 1..];
             let close = memchr::memchr(b']', rest.as_bytes()).unwrap_or(rest.len());
-            (s[..open].trim(), rest[..close].parse().ok())
+            (s[..open].trim(), parse_ip(&rest[..close]))
         }
         None => (s, None),
     };
@@ -323,6 +389,7 @@ fn host_and_ip_raw(s: &str) -> (Option<&str>, Option<IpAddr>) {
 /// searching a short line).
 struct Finders {
     expired: memchr::memmem::Finder<'static>,
+    size: memchr::memmem::Finder<'static>,
     said: memchr::memmem::Finder<'static>,
     refused: memchr::memmem::Finder<'static>,
     in_reply_to: memchr::memmem::FinderRev<'static>,
@@ -330,6 +397,7 @@ struct Finders {
 
 static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finders {
     expired: memchr::memmem::Finder::new("status=expired"),
+    size: memchr::memmem::Finder::new("size="),
     said: memchr::memmem::Finder::new(" said: "),
     refused: memchr::memmem::Finder::new(" refused to talk to me: "),
     in_reply_to: memchr::memmem::FinderRev::new(" (in reply to "),
@@ -354,11 +422,7 @@ fn reply_of(reason: &str) -> &str {
 
 /// The sending IP: `postfix-<ip>/smtp`, else the user's map by full tag, syslog name or daemon.
 fn source_ip(h: &Header<'_>, config: &ReaderConfig) -> Option<IpAddr> {
-    if let Some(ip) = h
-        .syslog_name
-        .strip_prefix("postfix-")
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(ip) = h.syslog_name.strip_prefix("postfix-").and_then(parse_ip) {
         return Some(ip);
     }
     if config.source_map.is_empty() {
@@ -373,21 +437,158 @@ fn source_ip(h: &Header<'_>, config: &ReaderConfig) -> Option<IpAddr> {
         .copied()
 }
 
+#[cfg(test)]
+mod key_tests {
+    use super::{is_queue_id, parse_ip, qid_key};
+
+    #[test]
+    fn the_hand_made_ipv4_parser_agrees_with_the_standard_one() {
+        for s in [
+            "198.51.100.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.",
+            "1.2.3.4x",
+            "1..2.3",
+            "",
+            "2001:db8::1",
+            "::1",
+            "1.2.3.04",
+            "10.0.0.1000",
+        ] {
+            assert_eq!(parse_ip(s), s.parse().ok(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn open_state_fits_a_cache_line_with_its_key() {
+        assert_eq!(std::mem::size_of::<(u128, super::Open)>(), 64);
+        let mut open = super::Open::default();
+        open.set_sender("a@example.com");
+        open.set_message_id("id-1@example.com");
+        assert_eq!(
+            (open.message_id(), open.sender()),
+            ("id-1@example.com", "a@example.com")
+        );
+        open.set_message_id("x");
+        open.set_sender("");
+        assert_eq!((open.message_id(), open.sender()), ("x", ""));
+        assert_eq!(open.size(), None);
+    }
+
+    #[test]
+    fn queue_ids_are_5_to_20_letters_and_digits() {
+        assert!(is_queue_id("3F2A81C0D2") && is_queue_id("4Qz8Lb1Xyz9abc"));
+        assert!(!is_queue_id("3F2A") && !is_queue_id("3F2A-1C0D2") && !is_queue_id("NOQUEUE:"));
+        assert!(!is_queue_id("zzzzzzzzzzzzzzzzzzzzz"));
+    }
+
+    #[test]
+    fn queue_id_keys_are_exact_for_postfix_ids_and_never_collide_with_other_text() {
+        let ids = [
+            "3F2A81C0D2",
+            "03F2A81C0D2",
+            "3F2A81C0D20",
+            "4Qz8Lb1Xyz9abc",
+            "zzzzzzzzzzzzzzzzzzzz",
+            "00000",
+        ];
+        let keys: std::collections::HashSet<u128> = ids.iter().map(|q| qid_key(q)).collect();
+        assert_eq!(keys.len(), ids.len());
+        assert_eq!(qid_key("4Qz8Lb1Xyz9abc"), qid_key("4Qz8Lb1Xyz9abc"));
+        // Not a queue ID: hashed, marked by the top bit, so it cannot equal an exact key.
+        assert!(qid_key("not-a-queue-id") >> 127 == 1);
+        assert!(qid_key("zzzzzzzzzzzzzzzzzzzz") >> 127 == 0);
+        assert!(qid_key("zzzzzzzzzzzzzzzzzzzzz") >> 127 == 1);
+    }
+}
+
 /// What is known about a queue ID still in the queue.
+///
+/// Kept to 48 bytes (64 with its key, one cache line: the map is probed on most lines and
+/// holds every queue ID in flight, so its size is cache misses): the message-id and the
+/// sender share one buffer (one allocation per message, not two), and the rarely used
+/// list of deferred recipients is boxed.
 #[derive(Debug, Default)]
 struct Open {
-    sender: String,
-    message_id: String,
-    size: Option<u64>,
+    /// The message-id, then the sender.
+    text: String,
+    /// Length of the message-id at the start of `text`.
+    sender_at: u32,
     announced: bool,
+    has_size: bool,
+    size: u64,
     /// Recipients whose last attempt was deferred (for expiry and deletion records).
-    deferred: Vec<String>,
+    /// Boxed: 8 bytes instead of 24 in every open entry, for a list most messages never need.
+    #[allow(clippy::box_collection)]
+    deferred: Option<Box<Vec<String>>>,
+}
+
+impl Open {
+    fn message_id(&self) -> &str {
+        &self.text[..self.sender_at as usize]
+    }
+
+    fn sender(&self) -> &str {
+        &self.text[self.sender_at as usize..]
+    }
+
+    fn size(&self) -> Option<u64> {
+        self.has_size.then_some(self.size)
+    }
+
+    fn set_message_id(&mut self, id: &str) {
+        // An id too long for the length field (over 4 GiB) is not kept.
+        let id = if u32::try_from(id.len()).is_ok() {
+            id
+        } else {
+            ""
+        };
+        self.text.replace_range(..self.sender_at as usize, id);
+        self.sender_at = id.len() as u32;
+    }
+
+    fn set_sender(&mut self, sender: &str) {
+        self.text.truncate(self.sender_at as usize);
+        self.text.push_str(sender);
+    }
+
+    fn deferred(&self) -> &[String] {
+        self.deferred.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A queue ID as a map key without an allocation: Postfix queue IDs are 5 to 20
+/// characters of `[0-9A-Za-z]`, 6 bits each (1–62, 0 for "no character"), so up to 120
+/// bits hold any of them exactly (distinct IDs, distinct keys). Anything else (only
+/// reachable by calling the public API with a string [`parse_line`] would not accept)
+/// gets bit 127 and a 64-bit hash of its text.
+fn qid_key(qid: &str) -> u128 {
+    let b = qid.as_bytes();
+    if b.len() <= 20 {
+        let mut key = 0u128;
+        let mut exact = true;
+        for &c in b {
+            let v = QID_DIGITS[c as usize];
+            exact &= v != 0;
+            key = key << 6 | v as u128;
+        }
+        if exact {
+            return key;
+        }
+    }
+    use std::hash::BuildHasher;
+    1 << 127 | rustc_hash::FxBuildHasher.hash_one(qid) as u128
 }
 
 /// Joins parsed lines by queue ID. State is only the queue IDs still open.
 #[derive(Debug)]
 pub struct Correlator {
-    open: HashMap<String, Open>,
+    /// Keyed by [`qid_key`]: no allocation or text compare per line.
+    open: HashMap<u128, Open>,
     years: YearTracker,
 }
 
@@ -432,21 +633,24 @@ impl Correlator {
     /// deferred) and return what is known about its message: `None` when its qmgr line
     /// is in an earlier log (the sender is unknown, not null).
     pub fn delivery(&mut self, d: &Delivery<'_>) -> Option<Context<'_>> {
-        let open = self.open.get_mut(d.qid)?;
-        let pending = open.deferred.iter().position(|r| r == d.recipient);
+        let open = self.open.get_mut(&qid_key(d.qid))?;
+        let pending = open.deferred().iter().position(|r| r == d.recipient);
         match (d.outcome, pending) {
-            (Outcome::Deferred | Outcome::ConnectionFailed, None) => {
-                open.deferred.push(d.recipient.to_string())
-            }
+            (Outcome::Deferred | Outcome::ConnectionFailed, None) => open
+                .deferred
+                .get_or_insert_default()
+                .push(d.recipient.to_string()),
             (Outcome::Delivered | Outcome::Bounced, Some(i)) => {
-                open.deferred.swap_remove(i);
+                if let Some(deferred) = &mut open.deferred {
+                    deferred.swap_remove(i);
+                }
             }
             _ => {}
         }
         Some(Context {
-            sender: &open.sender,
-            message_id: &open.message_id,
-            size: open.size,
+            sender: open.sender(),
+            message_id: open.message_id(),
+            size: open.size(),
         })
     }
 
@@ -482,29 +686,29 @@ impl Correlator {
         match record {
             Record::Delivery(_) => {}
             Record::MessageId { qid, message_id } => {
-                self.open_mut(qid).message_id = message_id.to_string();
+                self.open_mut(qid).set_message_id(message_id);
             }
             Record::From { qid, sender, size } => {
                 if self.queued(qid, sender, size) {
-                    let open = &self.open[qid];
+                    let open = &self.open[&qid_key(qid)];
                     let mut e = Event::new(EventType::Received, time);
                     e.queue_id = qid.to_string();
-                    e.message_id = open.message_id.clone();
-                    e.sender = open.sender.clone();
-                    e.size = open.size;
+                    e.message_id = open.message_id().to_string();
+                    e.sender = open.sender().to_string();
+                    e.size = open.size();
                     e.origin = Some("postfix".into());
                     out.push(e);
                 }
             }
             Record::Expired { qid, sender } => {
-                let open = self.open.remove(qid).unwrap_or_default();
+                let open = self.open.remove(&qid_key(qid)).unwrap_or_default();
                 self.final_records(EventType::Expired, time, qid, sender.to_string(), open, out);
             }
             Record::Removed { qid, by_operator } => {
-                if let Some(open) = self.open.remove(qid)
+                if let Some(open) = self.open.remove(&qid_key(qid))
                     && by_operator
                 {
-                    let sender = open.sender.clone();
+                    let sender = open.sender().to_string();
                     self.final_records(EventType::Admin, time, qid, sender, open, out);
                 }
             }
@@ -522,17 +726,17 @@ impl Correlator {
     /// line of its queue ID): the caller reports it as `received`.
     pub fn queued(&mut self, qid: &str, sender: &str, size: Option<u64>) -> bool {
         let open = self.open_mut(qid);
-        sender.clone_into(&mut open.sender);
-        open.size = size.or(open.size);
+        open.set_sender(sender);
+        if let Some(size) = size {
+            open.size = size;
+            open.has_size = true;
+        }
         !std::mem::replace(&mut open.announced, true)
     }
 
     /// The open state of `qid`, created if new (allocates only then).
     fn open_mut(&mut self, qid: &str) -> &mut Open {
-        if !self.open.contains_key(qid) {
-            self.open.insert(qid.to_string(), Open::default());
-        }
-        self.open.get_mut(qid).expect("inserted above")
+        self.open.entry(qid_key(qid)).or_default()
     }
 
     /// One record per recipient still deferred when the message left the queue.
@@ -545,17 +749,18 @@ impl Correlator {
         open: Open,
         out: &mut Vec<Event>,
     ) {
-        let recipients = if open.deferred.is_empty() {
-            vec![String::new()]
-        } else {
-            open.deferred
+        let message_id = open.message_id();
+        let recipients = match open.deferred.as_deref() {
+            Some(deferred) if !deferred.is_empty() => deferred.as_slice(),
+            // One record for the message when no recipient is known to be deferred.
+            _ => &NO_RECIPIENT,
         };
         for recipient in recipients {
             let mut e = Event::new(kind, time);
             e.queue_id = qid.to_string();
             e.sender.clone_from(&sender);
-            e.message_id.clone_from(&open.message_id);
-            e.recipient = recipient;
+            e.message_id = message_id.to_string();
+            e.recipient.clone_from(recipient);
             e.origin = Some("postfix".into());
             if kind == EventType::Admin {
                 e.outcome = Some(Outcome::Bounced);
@@ -565,6 +770,8 @@ impl Correlator {
         }
     }
 }
+
+static NO_RECIPIENT: [String; 1] = [String::new()];
 
 /// Stateful Postfix reader: [`parse_line`] then [`Correlator::apply`].
 pub struct PostfixReader {
