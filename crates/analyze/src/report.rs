@@ -230,7 +230,13 @@ impl Report {
                 sample: s.sample.clone(),
             })
             .collect();
-        templates.sort_by(|a, b| b.count.cmp(&a.count).then(a.template.cmp(&b.template)));
+        // Ties broken by template, then provider: the same log gives the same report.
+        templates.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.template.cmp(&b.template))
+                .then(a.provider.cmp(&b.provider))
+        });
         templates.truncate(50);
 
         let series = series(analyzer);
