@@ -53,7 +53,17 @@ pub fn provider_for_host(host: &str) -> Option<&'static str> {
 /// Microsoft's four `outlook.com` patterns share their last eight bytes.
 pub(crate) struct HostIndex {
     patterns: Vec<HostPattern>,
+    /// The bytes every pattern has: hosts shorter than this match none.
+    shortest: usize,
+    /// At [`HostIndex::bucket`] of a host, the indexes (in `patterns`, ascending, so
+    /// in priority order) of the patterns that may match it: only those are compared,
+    /// not all ~50 (most end in `.com`, so the bucket also takes the byte `shortest`
+    /// bytes from the end).
+    buckets: Vec<Vec<u16>>,
 }
+
+/// Buckets of [`HostIndex::buckets`].
+const HOST_BUCKETS: usize = 64;
 
 struct HostPattern {
     /// The pattern's last (up to) sixteen bytes, each `| 0x20`, little-endian.
@@ -105,7 +115,36 @@ impl HostIndex {
                 });
             }
         }
-        HostIndex { patterns }
+        // An empty pattern (`*.`) matches no host (hosts are non-empty, trailing dots
+        // trimmed), so it joins no bucket.
+        let shortest = patterns
+            .iter()
+            .map(|p| p.text.len())
+            .filter(|&n| n > 0)
+            .min()
+            .unwrap_or(1);
+        let mut buckets = vec![Vec::new(); HOST_BUCKETS];
+        for (i, p) in patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.text.is_empty())
+        {
+            buckets[Self::bucket(p.text.as_bytes(), shortest)].push(i as u16);
+        }
+        HostIndex {
+            patterns,
+            shortest,
+            buckets,
+        }
+    }
+
+    /// The bucket of a host or pattern of at least `shortest` bytes: from its last byte
+    /// and the byte `shortest` from the end, each `| 0x20` — equal for a host and any
+    /// pattern it ends with (or equals), ignoring ASCII case.
+    fn bucket(b: &[u8], shortest: usize) -> usize {
+        let last = usize::from(b[b.len() - 1] | 0x20);
+        let inner = usize::from(b[b.len() - shortest] | 0x20);
+        (last ^ inner.wrapping_mul(7)) % HOST_BUCKETS
     }
 
     /// Index of the first provider whose MX patterns match `host` (as [`host_match`]).
@@ -122,21 +161,27 @@ impl HostIndex {
             return None;
         }
         let h = host.as_bytes();
+        if h.len() < self.shortest {
+            return None;
+        }
         let (tail, _) = tail_of(h);
-        self.patterns.iter().find_map(|p| {
-            if tail & p.mask != p.tail {
-                return None;
-            }
-            let s = p.text.as_bytes();
-            let hit = if p.suffix {
-                h.len() >= s.len()
-                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-                    && (h.len() == s.len() || h[h.len() - s.len() - 1] == b'.')
-            } else {
-                h.eq_ignore_ascii_case(s)
-            };
-            hit.then_some(p.provider)
-        })
+        self.buckets[Self::bucket(h, self.shortest)]
+            .iter()
+            .find_map(|&i| {
+                let p = &self.patterns[usize::from(i)];
+                if tail & p.mask != p.tail {
+                    return None;
+                }
+                let s = p.text.as_bytes();
+                let hit = if p.suffix {
+                    h.len() >= s.len()
+                        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                        && (h.len() == s.len() || h[h.len() - s.len() - 1] == b'.')
+                } else {
+                    h.eq_ignore_ascii_case(s)
+                };
+                hit.then_some(p.provider)
+            })
     }
 }
 
@@ -238,6 +283,44 @@ mod tests {
         );
         for h in &hosts {
             assert_eq!(index.find(h), host_match(&PROVIDERS, h), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn the_index_agrees_with_the_reference_for_odd_patterns() {
+        // An empty suffix, a one-byte pattern, an exact host, case and non-letters.
+        let defs = parse_providers(
+            r#"
+[[provider]]
+name = "a"
+source = "test patterns written for this test"
+mx = ["*.", "*.x", "Mx-1.Example.@"]
+[[provider]]
+name = "b"
+source = "test patterns written for this test"
+mx = ["*.`", "*.b.x", "mx.example.org"]
+"#,
+        )
+        .unwrap();
+        let index = HostIndex::new(&defs);
+        for h in [
+            "",
+            ".",
+            "x",
+            "X",
+            "a.x",
+            "a.b.x",
+            "b.x",
+            "mx-1.example.@",
+            "MX-1.EXAMPLE.`",
+            "a.`",
+            "a.@",
+            "mx.example.org",
+            "MX.EXAMPLE.ORG.",
+            "ax",
+            "é.x",
+        ] {
+            assert_eq!(index.find(h), host_match(&defs, h), "{h:?}");
         }
     }
 
