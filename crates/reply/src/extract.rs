@@ -314,11 +314,35 @@ pub fn named_host(text: &str) -> Option<&str> {
         if before.is_some_and(|q| b[q] == b'[') {
             return named_host_forward(text);
         }
-        if let Some((Bracket::Host(host, _), _)) = bracket_at(&text[at..], false) {
+        if let Some(host) = host_of_block(&text[at..]) {
             return Some(host);
         }
         at = memchr::memrchr(b'[', &b[..before?])?;
     }
+}
+
+/// The host of the `[host …]` block starting `s` (which starts with `[`): what
+/// [`bracket_at`] returns as [`Bracket::Host`], without its token check (a token has
+/// no dot, so it is never a host) and without first looking for the `]` over the
+/// whole bracket — only after the host, which holds none. This is the classifier's
+/// per-reply path; `bracket_at` cost ~290 instructions a call here.
+fn host_of_block(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    let limit = b.len().min(200);
+    let start = 1 + b[1..limit]
+        .iter()
+        .take_while(|c| c.is_ascii_whitespace())
+        .count();
+    let (len, seen) = host_run(&b[start..limit]);
+    let end = start + len;
+    // The word ends at whitespace or the `]`, and a `]` closes the bracket within
+    // 200 bytes of the `[` (a whitespace byte is no `]`, so the search starts there).
+    let closed = match b[..limit].get(end) {
+        Some(b']') => true,
+        Some(c) if c.is_ascii_whitespace() => memchr::memchr(b']', &b[end..limit]).is_some(),
+        _ => false,
+    };
+    (closed && len <= 253 && seen & (DOT | LETTER) == DOT | LETTER).then(|| &s[start..end])
 }
 
 /// [`named_host`] by a scan from the start, as [`extract`] sees the brackets: the
@@ -515,7 +539,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn named_host_from_the_end_agrees_with_the_forward_scan(
-            text in "(\\[|\\]| |x|mx\\.a\\.example|MX\\.B\\.example|TSS04|203\\.0\\.113\\.5|2024-07-14T14:44:43\\.083Z){0,16}"
+            text in "(\\[|\\]| |\t|\n|x{60}|x|mx\\.a\\.example|MX\\.B\\.example|TSS04|203\\.0\\.113\\.5|2024-07-14T14:44:43\\.083Z){0,16}"
         ) {
             proptest::prop_assert_eq!(named_host(&text), named_host_forward(&text));
         }
