@@ -745,3 +745,41 @@ fn a_long_deferral_sends_one_delay_report_to_senders_who_asked_for_it() {
         ["deferred", "deferred", "deferred", "deferred", "delivered"]
     );
 }
+
+#[test]
+fn notify_success_to_a_next_hop_without_dsn_gets_one_relayed_report() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sim does not advertise DSN, so the notice chain ends at the relay.
+    let sim = Sim::start(dir.path());
+    let relay = Relay::start(dir.path(), &config(sim.addr, FAST_RETRY));
+    submit_with(
+        &relay,
+        "ok-s@example.test",
+        "<s-1@origin.test>",
+        "NOTIFY=SUCCESS,FAILURE",
+    );
+    submit_with(
+        &relay,
+        "ok-f@example.test",
+        "<s-2@origin.test>",
+        "NOTIFY=FAILURE",
+    );
+    wait_until(
+        "the relayed report at the sender",
+        Duration::from_secs(30),
+        || !sim.accepted_for("app@origin.test").is_empty(),
+    );
+    wait_until("both delivered", Duration::from_secs(30), || {
+        sim.accepted_for("ok-s@example.test").len() == 1
+            && sim.accepted_for("ok-f@example.test").len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let reports = sim.accepted_for("app@origin.test");
+    assert_eq!(reports.len(), 1, "only NOTIFY=SUCCESS asks: {reports:?}");
+    let id = reports[0]["message_id"].as_str().unwrap();
+    assert!(id.ends_with(".relayed@relay.test>"), "{id}");
+    let dsn = relay.events_for("ok-s@example.test", "dsn");
+    assert_eq!(dsn.len(), 1);
+    assert_eq!(dsn[0]["extra"]["action"], "relayed");
+    assert!(relay.events_for("ok-f@example.test", "dsn").is_empty());
+}

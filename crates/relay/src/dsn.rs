@@ -14,6 +14,9 @@ pub enum FailureKind {
     /// Still deferred and still being retried: a delay report (`Action: delayed`),
     /// sent once when the message has waited `delay_warning`.
     Delayed,
+    /// Delivered (NOTIFY=SUCCESS) to a next hop that does not speak DSN, so no further
+    /// notice will come: a success report (`Action: relayed`, RFC 3464 §2.3.3).
+    Relayed,
     /// The receiver refused permanently.
     Bounced,
     /// Max age reached while deferred.
@@ -55,9 +58,17 @@ pub fn build_dsn(
         .unwrap_or(now);
 
     let delayed = failed.iter().all(|f| f.kind == FailureKind::Delayed);
+    let relayed = failed.iter().all(|f| f.kind == FailureKind::Relayed);
     let retry_until = OffsetDateTime::from_unix_timestamp_nanos(msg.expires_ms as i128 * 1_000_000)
         .unwrap_or(now);
-    let mut human = if delayed {
+    let mut human = if relayed {
+        format!(
+            "This is the mail system at host {reporting_mta}.\r\n\r\n\
+             Your message was delivered to the mail servers of the recipients below.\r\n\
+             Those servers do not send delivery notices, so this is the last notice\r\n\
+             you will get about them.\r\n\r\n"
+        )
+    } else if delayed {
         format!(
             "This is the mail system at host {reporting_mta}.\r\n\r\n\
              Your message has not been delivered yet to the recipients below: their\r\n\
@@ -74,6 +85,7 @@ pub fn build_dsn(
     for f in failed {
         let why = match f.kind {
             FailureKind::Delayed => "delivery is delayed (temporary failures so far)",
+            FailureKind::Relayed => "delivered to the recipient's mail server",
             FailureKind::Bounced => "the receiving server refused it permanently",
             FailureKind::Expired => {
                 "it stayed deferred (temporary failures) until the maximum queue age"
@@ -82,7 +94,12 @@ pub fn build_dsn(
         };
         human.push_str(&format!("<{}>: {why}", f.address));
         if let Some(d) = &f.diagnostic {
-            human.push_str(&format!("; last reply: {}", one_line(d)));
+            let label = if f.kind == FailureKind::Relayed {
+                "reply"
+            } else {
+                "last reply"
+            };
+            human.push_str(&format!("; {label}: {}", one_line(d)));
         }
         human.push_str("\r\n");
     }
@@ -106,10 +123,10 @@ pub fn build_dsn(
             status.push_str(&format!("Original-Recipient: {o}\r\n"));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
-        let action = if f.kind == FailureKind::Delayed {
-            "delayed"
-        } else {
-            "failed"
+        let action = match f.kind {
+            FailureKind::Delayed => "delayed",
+            FailureKind::Relayed => "relayed",
+            _ => "failed",
         };
         status.push_str(&format!("Action: {action}\r\n"));
         status.push_str(&format!("Status: {}\r\n", f.status));
@@ -131,8 +148,9 @@ pub fn build_dsn(
         }
     }
 
-    // A delay report returns the headers only: the message is still on its way.
-    let returned = if msg.ret_full && !delayed && original.len() <= MAX_RETURNED {
+    // Delay and success reports return the headers only (the message went, or is
+    // still going, where it was sent).
+    let returned = if msg.ret_full && !delayed && !relayed && original.len() <= MAX_RETURNED {
         MimePart::new("message/rfc822", original.to_vec()).transfer_encoding("8bit")
     } else {
         MimePart::new("text/rfc822-headers", headers_of(original).to_vec())
@@ -146,7 +164,9 @@ pub fn build_dsn(
             returned,
         ],
     );
-    let subject = if delayed {
+    let subject = if relayed {
+        "Successful Mail Delivery Report"
+    } else if delayed {
         "Delayed Mail (still being retried)"
     } else if failed.iter().all(|f| f.kind == FailureKind::Expired) {
         "Undelivered Mail Returned to Sender (expired in queue)"
@@ -162,7 +182,9 @@ pub fn build_dsn(
             mail_builder::headers::raw::Raw::new("auto-replied"),
         )
         .date(now.unix_timestamp())
-        .message_id(if delayed {
+        .message_id(if relayed {
+            format!("{}.relayed@{reporting_mta}", msg.queue_id)
+        } else if delayed {
             format!("{}.delay@{reporting_mta}", msg.queue_id)
         } else {
             format!("{}.dsn@{reporting_mta}", msg.queue_id)
@@ -200,11 +222,19 @@ fn one_line(text: &str) -> String {
 
 /// The RFC 3463 status for a DSN: the classifier's enhanced code when it is
 /// of class 5, else the basic code's class with `.0.0`. Expiry is always 4.4.7; a
-/// delay carries the deferral's own 4.x.x code (4.0.0 when it had none).
+/// delay carries the deferral's own 4.x.x code (4.0.0 when it had none), a relay the
+/// acceptance's 2.x.x (2.0.0).
 pub fn status_for(verdict: Option<&Verdict>, kind: FailureKind) -> String {
     if kind == FailureKind::Expired {
         // RFC 3463 §3.5: 4.4.7 "Delivery time expired".
         return "4.4.7".into();
+    }
+    if kind == FailureKind::Relayed {
+        return verdict
+            .and_then(|v| v.enhanced.as_deref())
+            .filter(|e| e.starts_with('2'))
+            .unwrap_or("2.0.0")
+            .to_owned();
     }
     if kind == FailureKind::Delayed {
         return verdict
@@ -372,5 +402,50 @@ mod tests {
         let v = mxpace_reply::explain("421 try later", None);
         assert_eq!(status_for(Some(&v), FailureKind::Delayed), "4.0.0");
         assert_eq!(status_for(None, FailureKind::Delayed), "4.0.0");
+    }
+
+    #[test]
+    fn a_success_report_says_relayed_with_the_acceptance_and_returns_headers_only() {
+        let msg = QueuedMessage {
+            queue_id: "Q3".into(),
+            message_id: "<m3@x>".into(),
+            sender: "app@origin.test".into(),
+            received_ms: 0,
+            stream: "transactional".into(),
+            size: 10,
+            env_id: Some("ORDER-42".into()),
+            ret_full: true,
+            idempotency_key: None,
+            expires_ms: 0,
+            recipients: Vec::new(),
+        };
+        let reply = "250 2.6.0 <m3@x> Queued mail for delivery";
+        let relayed = [FailedRecipient {
+            address: "u@contoso.test".into(),
+            orcpt: None,
+            status: status_for(
+                Some(&mxpace_reply::explain(reply, None)),
+                FailureKind::Relayed,
+            ),
+            kind: FailureKind::Relayed,
+            diagnostic: Some(reply.into()),
+            remote_mta: Some("contoso-test.mail.protection.outlook.com".into()),
+        }];
+        let out = build_dsn(
+            "relay.test",
+            "MAILER-DAEMON@relay.test",
+            &msg,
+            &relayed,
+            b"Subject: order 42\r\n\r\nsecret body",
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Action: relayed\r\n"), "{text}");
+        assert!(text.contains("Status: 2.6.0\r\n"), "{text}");
+        assert!(text.contains("Original-Envelope-Id: ORDER-42"));
+        assert!(!text.contains("Will-Retry-Until"));
+        assert!(text.contains("Subject: Successful Mail Delivery Report"));
+        assert!(text.contains("Subject: order 42") && !text.contains("secret body"));
+        assert_eq!(status_for(None, FailureKind::Relayed), "2.0.0");
     }
 }

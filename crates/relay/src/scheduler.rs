@@ -305,6 +305,7 @@ impl Scheduler {
                         peer_ip: Some(addr.ip()),
                         provider: Some(path.provider.clone()),
                         tls: false,
+                        next_hop_dsn: false,
                     };
                     let decision = self
                         .shared
@@ -357,6 +358,7 @@ impl Scheduler {
                             self.shared.gate.opened(&reserved, &path);
                             ctx.provider = Some(provider);
                             ctx.tls = s.tls;
+                            ctx.next_hop_dsn = s.capabilities & smtp_proto::EXT_DSN != 0;
                             return Connect::Open(Box::new((s, ctx, path, permit)));
                         }
                         Err(SessionError::Refused(reply)) => {
@@ -498,6 +500,7 @@ impl Scheduler {
         };
         let mut ctx = ctx.clone();
         ctx.tls = session.tls;
+        ctx.next_hop_dsn = session.capabilities & smtp_proto::EXT_DSN != 0;
         match session.send(&msg.sender, &rcpts, &body, &dsn).await {
             Ok(result) => {
                 // 421 means the receiver is closing the channel (RFC 5321 §3.8):

@@ -228,6 +228,9 @@ pub struct AttemptContext {
     pub peer_ip: Option<IpAddr>,
     pub provider: Option<String>,
     pub tls: bool,
+    /// The next hop advertised DSN (RFC 3461): NOTIFY went on with the message, and
+    /// success notices are its to send.
+    pub next_hop_dsn: bool,
 }
 
 /// How one recipient's attempt ended.
@@ -298,6 +301,18 @@ pub async fn finish_attempt(
         let outcome = match decision {
             RetryDecision::Delivered => {
                 r.status = RcptStatus::Delivered;
+                // RFC 3461 §4.2: NOTIFY=SUCCESS delivered to a next hop that does not
+                // speak DSN ends the notice chain here: report it as relayed.
+                if r.notify & smtp_proto::RCPT_NOTIFY_SUCCESS != 0 && !ctx.next_hop_dsn {
+                    failed.push(FailedRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        status: dsn::status_for(verdict.as_ref(), FailureKind::Relayed),
+                        kind: FailureKind::Relayed,
+                        diagnostic: Some(reply.clone()),
+                        remote_mta: ctx.mx_host.clone(),
+                    });
+                }
                 Outcome::Delivered
             }
             RetryDecision::RetryAt(t) => {
@@ -414,10 +429,10 @@ fn dsn_message(
         time_of(now),
     );
     let policy = shared.config.retry_policy("transactional");
-    let suffix = if report.iter().all(|f| f.kind == FailureKind::Delayed) {
-        "delay"
-    } else {
-        "dsn"
+    let suffix = match report.first().map(|f| f.kind) {
+        Some(FailureKind::Delayed) => "delay",
+        Some(FailureKind::Relayed) => "relayed",
+        _ => "dsn",
     };
     let dsn = QueuedMessage {
         queue_id: ulid::Ulid::new().to_string(),
@@ -464,19 +479,25 @@ async fn commit_and_notify(
     let mut dsn_msgs = Vec::new();
     let notify_failure = |r: &FailedRecipient| {
         // NOTIFY=NEVER (or NOTIFY without FAILURE) suppresses the failure DSN; delay
-        // reports were chosen by NOTIFY already (`delay_report_due`).
-        r.kind == FailureKind::Delayed
+        // and relay reports were chosen by NOTIFY already.
+        matches!(r.kind, FailureKind::Delayed | FailureKind::Relayed)
             || msg
                 .recipients
                 .iter()
                 .find(|x| x.address == r.address)
                 .is_none_or(|x| x.notify == 0 || x.notify & smtp_proto::RCPT_NOTIFY_FAILURE != 0)
     };
-    let (delayed, failed): (Vec<FailedRecipient>, Vec<FailedRecipient>) = failed
-        .into_iter()
-        .filter(notify_failure)
-        .partition(|f| f.kind == FailureKind::Delayed);
-    for report in [failed, delayed] {
+    // One report per kind: failures, delays, successful relays.
+    let mut reports: [Vec<FailedRecipient>; 3] = Default::default();
+    for f in failed.into_iter().filter(notify_failure) {
+        let at = match f.kind {
+            FailureKind::Delayed => 1,
+            FailureKind::Relayed => 2,
+            _ => 0,
+        };
+        reports[at].push(f);
+    }
+    for report in reports {
         if report.is_empty() || msg.sender.is_empty() {
             continue;
         }
@@ -487,8 +508,14 @@ async fn commit_and_notify(
             e.extra
                 .insert("dsn_queue_id".into(), dsn.0.queue_id.clone().into());
             e.extra.insert("status".into(), f.status.clone().into());
-            if f.kind == FailureKind::Delayed {
-                e.extra.insert("action".into(), "delayed".into());
+            match f.kind {
+                FailureKind::Delayed => {
+                    e.extra.insert("action".into(), "delayed".into());
+                }
+                FailureKind::Relayed => {
+                    e.extra.insert("action".into(), "relayed".into());
+                }
+                _ => {}
             }
             events.push(e);
         }
