@@ -1484,3 +1484,60 @@ fn a_full_disk_answers_452_and_loses_nothing_acknowledged() {
         "every acknowledged message is in the spool: {stored} stored, {acked} acknowledged"
     );
 }
+
+#[test]
+fn notify_success_goes_on_to_a_dsn_capable_hop_which_reports_the_relay_itself() {
+    let mx = ScriptedMx::start();
+    // Relay B advertises DSN; the scripted MX behind it does not.
+    let dir_b = tempfile::tempdir().unwrap();
+    let relay_b = Relay::start(
+        dir_b.path(),
+        &base_config(
+            &[
+                ("example.test", vec![mx.addr]),
+                ("origin.test", vec![mx.addr]),
+            ],
+            FAST_RETRY,
+        ),
+    );
+    let dir_a = tempfile::tempdir().unwrap();
+    let relay_a = Relay::start(
+        dir_a.path(),
+        &base_config(&[("example.test", vec![relay_b.smtp])], FAST_RETRY),
+    );
+    let send = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+msg = "From: app@origin.test\r\nTo: s@example.test\r\nSubject: chain\r\n\r\nhello\r\n"
+s.sendmail("app@origin.test", ["s@example.test"], msg, rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+s.quit()
+"#;
+    let out = Command::new("python3")
+        .args(["-c", send, &relay_a.smtp.port().to_string()])
+        .output()
+        .expect("python3 is needed as a submitting client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the success report from relay B",
+        Duration::from_secs(30),
+        || {
+            mx.accepted_for("s@example.test").len() == 1
+                && mx.accepted_for("app@origin.test").len() == 1
+        },
+    );
+    relay_a.wait_delivered_event("s@example.test");
+    std::thread::sleep(Duration::from_millis(800));
+    // A handed NOTIFY on to B, which speaks DSN: A reports nothing.
+    assert!(relay_a.events_for("s@example.test", "dsn").is_empty());
+    // B delivered to a hop without DSN: B reports, once.
+    let dsn = relay_b.events_for("s@example.test", "dsn");
+    assert_eq!(dsn.len(), 1, "{dsn:?}");
+    assert_eq!(dsn[0]["extra"]["action"], "relayed");
+    let (_, _, report) = mx.accepted_for("app@origin.test").remove(0);
+    assert!(report.contains("Action: relayed"), "{report}");
+    assert_eq!(mx.accepted_for("app@origin.test").len(), 1);
+}
