@@ -1541,3 +1541,58 @@ s.quit()
     assert!(report.contains("Action: relayed"), "{report}");
     assert_eq!(mx.accepted_for("app@origin.test").len(), 1);
 }
+
+#[test]
+fn message_data_over_the_memory_budget_is_deferred_not_lost() {
+    let mx = ScriptedMx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(&[("example.test", vec![mx.addr])], FAST_RETRY).replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nmax_message_size = 400000\nmax_data_memory = 400000",
+    );
+    let relay = Relay::start(dir.path(), &config);
+    // Session 1 holds 300 KB mid-DATA; session 2's 200 KB does not fit beside it, so it
+    // gets a temporary failure; once session 1 is spooled, session 2's retry goes through.
+    let script = r#"
+import smtplib, sys
+port = int(sys.argv[1])
+big = "Subject: one\r\n\r\n" + ("x" * 998 + "\r\n") * 300
+mid = "Subject: two\r\n\r\n" + ("y" * 998 + "\r\n") * 200
+s1 = smtplib.SMTP("127.0.0.1", port, timeout=20)
+s1.ehlo("one.test"); s1.mail("app@origin.test"); s1.rcpt("one@example.test")
+code, _ = s1.docmd("DATA"); assert code == 354, code
+s1.send(big.encode())
+s2 = smtplib.SMTP("127.0.0.1", port, timeout=20)
+try:
+    s2.sendmail("app@origin.test", ["two@example.test"], mid)
+    print("second-first-try 250")
+except smtplib.SMTPDataError as e:
+    print("second-first-try", e.smtp_code, e.smtp_error.decode())
+s1.send(b".\r\n")
+print("first", s1.getreply()[0])
+s2.sendmail("app@origin.test", ["two@example.test"], mid)
+print("second-retry 250")
+s1.quit(); s2.quit()
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &relay.smtp.port().to_string()])
+        .output()
+        .expect("python3 is needed as a submitting client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("second-first-try 452 4.3.1"),
+        "a temporary failure, not a bounce: {text}"
+    );
+    assert_eq!(lines[1], "first 250", "{text}");
+    assert_eq!(lines[2], "second-retry 250", "{text}");
+    wait_until("both delivered", Duration::from_secs(20), || {
+        mx.accepted_for("one@example.test").len() == 1
+            && mx.accepted_for("two@example.test").len() == 1
+    });
+}

@@ -134,6 +134,10 @@ pub struct RelaySection {
     /// Largest message accepted (bytes), advertised in SIZE.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// Most bytes of message data held in memory at once, all sessions together; a
+    /// message that does not fit gets a temporary failure (452 4.3.1 / HTTP 503).
+    #[serde(default = "default_max_data_memory")]
+    pub max_data_memory: usize,
     /// Most concurrent inbound SMTP connections; more are answered 421.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
@@ -189,6 +193,10 @@ fn default_hostname() -> String {
 fn default_max_message_size() -> usize {
     // 35 MB: Microsoft 365's default receive limit is 36 MB (docs: "Exchange Online limits").
     35 * 1024 * 1024
+}
+fn default_max_data_memory() -> usize {
+    // 1 GiB: about 29 messages at the 35 MB maximum, thousands of ordinary ones.
+    1 << 30
 }
 fn default_max_clients() -> usize {
     500
@@ -313,6 +321,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.relay.max_data_memory < self.relay.max_message_size {
+            return Err(ConfigError::Invalid(format!(
+                "relay.max_data_memory: must be at least max_message_size ({}), or a message of that size could never be accepted",
+                self.relay.max_message_size
+            )));
+        }
         if self.relay.listen.is_empty() && self.relay.http.is_none() {
             return Err(ConfigError::Invalid(
                 "relay.listen: at least one address is needed".into(),
@@ -609,5 +623,18 @@ max_age = "30s"
         let both = user(&format!("password = \"pw\"\npassword_hash = \"{hash}\""));
         let err = Config::parse(&both).unwrap_err().to_string();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn the_data_memory_budget_must_hold_one_message_of_the_largest_size() {
+        let c = MINIMAL.replace(
+            "[relay]\n",
+            "[relay]\nmax_message_size = 1000\nmax_data_memory = 999\n",
+        );
+        let err = Config::parse(&c).unwrap_err().to_string();
+        assert!(
+            err.contains("relay.max_data_memory: must be at least max_message_size (1000)"),
+            "{err}"
+        );
     }
 }

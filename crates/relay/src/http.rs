@@ -156,6 +156,16 @@ async fn inject(
     if raw.is_empty() || raw.len() > shared.config.relay.max_message_size {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "message empty or too large");
     }
+    // Held until the message is spooled (or refused), like SMTP DATA.
+    let mut held = shared.data_budget.reserve();
+    if !held.grow_to(raw.len()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            Json(json!({ "error": "4.3.1 max_data_memory is in use, try again later" })),
+        )
+            .into_response();
+    }
     if req.to.is_empty() || req.to.len() > 1000 {
         return error(StatusCode::BAD_REQUEST, "to: give 1 to 1000 recipients");
     }

@@ -495,6 +495,9 @@ impl Session {
         self.flush().await?;
         let max = self.shared.config.relay.max_message_size;
         let mut body = Vec::with_capacity(16 * 1024);
+        // Held until the message is spooled (or refused): dropped at the end of DATA.
+        let mut held = self.shared.data_budget.reserve();
+        let mut over_budget = false;
         let mut too_big = false;
         let mut has_nul = false;
         let mut at_line_start = true;
@@ -526,6 +529,10 @@ impl Session {
             has_nul |= memchr::memchr(0, content).is_some();
             if body.len() + content.len() + 1 > max {
                 too_big = true;
+            } else if over_budget || !held.grow_to(body.len() + content.len() + 1) {
+                // Read on to the end (the client is mid-message), keep nothing.
+                over_budget = true;
+                body = Vec::new();
             } else if p.complete && !content.ends_with(b"\r\n") {
                 // Bare LF: stored as CRLF, as SMTP requires on the wire.
                 body.extend_from_slice(&content[..content.len() - 1]);
@@ -542,6 +549,11 @@ impl Session {
         }
         if has_nul {
             self.reply("554 5.6.0 Message contains NUL characters");
+            return Ok(Flow::Continue);
+        }
+        if over_budget {
+            tracing::warn!("message data refused: max_data_memory is in use by other sessions");
+            self.reply("452 4.3.1 Insufficient system storage, try again later");
             return Ok(Flow::Continue);
         }
         let user_stream = self.user.as_ref().and_then(|u| {

@@ -7,6 +7,7 @@
 //! classified by `mxpace_reply::explain` → `mxpace_pacing::retry` decides →
 //! [`service::finish_attempt`] commits the new state, writes events, queues [`dsn`]s.
 
+pub mod budget;
 pub mod config;
 pub mod dsn;
 pub mod egress;
@@ -98,12 +99,14 @@ pub async fn start(config: Config, gate: Arc<dyn PacingGate>) -> anyhow::Result<
         ),
         None => None,
     };
+    let config_max_data_memory = config.relay.max_data_memory;
     let shared = Arc::new(service::Shared {
         config,
         spool,
         queue: Mutex::new(queue),
         events,
         counters: metrics::Counters::default(),
+        data_budget: budget::DataBudget::new(config_max_data_memory),
         wake: tokio::sync::Notify::new(),
         gate,
     });

@@ -42,6 +42,8 @@ pub struct Shared {
     pub events: EventLog,
     /// What the events say, counted for `GET /metrics`.
     pub counters: Counters,
+    /// Message data held in memory before it is spooled (`max_data_memory`).
+    pub data_budget: crate::budget::DataBudget,
     /// Woken when something may have become due.
     pub wake: Notify,
     pub gate: Arc<dyn PacingGate>,

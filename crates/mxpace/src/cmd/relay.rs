@@ -230,6 +230,7 @@ async fn offline_admin(
         queue: std::sync::Mutex::new(queue),
         events,
         counters: Default::default(),
+        data_budget: mxpace_relay::budget::DataBudget::new(1 << 20),
         wake: tokio::sync::Notify::new(),
         gate: Arc::new(PassThrough),
     };
