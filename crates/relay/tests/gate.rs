@@ -124,11 +124,14 @@ async fn messages_held_by_pacing_are_not_attempts() {
     r.read_line(&mut line).await.unwrap();
     assert!(line.starts_with("250 2.0.0"), "{line}");
 
+    // The sink counts the message when it answers 250; the relay records the outcome
+    // with the gate only once it has read that 250, a moment later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while delivered.load(Ordering::SeqCst) == 0 {
+    while delivered.load(Ordering::SeqCst) == 0 || gate.recorded.load(Ordering::SeqCst) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never delivered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         gate.asked.load(Ordering::SeqCst),
         3,
