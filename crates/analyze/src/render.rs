@@ -5,6 +5,19 @@ use crate::report::{Band, Report, Segment};
 use crate::svg::{self, escape};
 use std::fmt::Write;
 
+/// The segment tables of the Markdown and HTML reports, in order (the terminal summary
+/// leaves out `mx_host`, whose names are too long for it).
+const REPORT_DIMENSIONS: [&str; 8] = [
+    "provider",
+    "path",
+    "source_ip",
+    "recipient_domain",
+    "sender_domain",
+    "mx_host",
+    "region",
+    "stream",
+];
+
 /// Rows shown per dimension in the summaries.
 const TOP_ROWS: usize = 8;
 
@@ -205,16 +218,7 @@ pub fn markdown(r: &Report) -> String {
         o.push('\n');
     }
     let _ = writeln!(o, "## Segments\n");
-    for dim in [
-        "provider",
-        "path",
-        "source_ip",
-        "recipient_domain",
-        "sender_domain",
-        "mx_host",
-        "region",
-        "stream",
-    ] {
+    for dim in REPORT_DIMENSIONS {
         let rows: Vec<&Segment> = r.segments_of(dim).take(20).collect();
         if rows.is_empty() {
             continue;
@@ -373,16 +377,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}td.n{
         r.window_secs,
     ));
     o.push_str("<h2>Segments</h2>");
-    for dim in [
-        "provider",
-        "path",
-        "source_ip",
-        "recipient_domain",
-        "sender_domain",
-        "mx_host",
-        "region",
-        "stream",
-    ] {
+    for dim in REPORT_DIMENSIONS {
         let rows: Vec<&Segment> = r.segments_of(dim).take(20).collect();
         if rows.is_empty() {
             continue;

@@ -13,13 +13,19 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::from([198, 51, 100, last])
 }
 
-fn analyze(s: &Scenario, parallel: bool) -> (Report, Truth) {
+/// `s` written as a Postfix log to `mail.log` in a new temporary directory.
+fn write_log(s: &Scenario) -> (tempfile::TempDir, Truth) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mail.log");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     let truth = write_postfix(s, &mut file).unwrap();
     file.flush().unwrap();
-    drop(file);
+    (dir, truth)
+}
+
+fn analyze(s: &Scenario, parallel: bool) -> (Report, Truth) {
+    let (dir, truth) = write_log(s);
+    let path = dir.path().join("mail.log");
     let mut options = Options::new();
     options.parallel = parallel;
     // Small chunks so that queue IDs straddle chunk boundaries many times.
@@ -308,12 +314,8 @@ fn parallel_and_sequential_reads_give_the_same_report() {
 }
 
 fn same_report_in_every_mode(name: &str, s: &Scenario) {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, truth) = write_log(s);
     let path = dir.path().join("mail.log");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    let truth = write_postfix(s, &mut file).unwrap();
-    file.flush().unwrap();
-    drop(file);
     let size = std::fs::metadata(&path).unwrap().len();
     // Chunks of 64 KiB: the log spans many chunks, so a message's lines (queued in one
     // chunk, deferred, retried and delivered in later ones) straddle chunk boundaries.

@@ -844,30 +844,6 @@ for mech in ["PLAIN", "LOGIN"]:
     s.quit()
 "#;
 
-/// Submit `n` messages with Python's smtplib over `conns` parallel connections;
-/// prints the Message-IDs the relay acknowledged with 250, one per line.
-const PY_SUBMIT: &str = r#"
-import smtplib, sys, threading
-host, port, n, conns, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-lock = threading.Lock()
-def worker(k):
-    s = None
-    for i in range(k, n, conns):
-        mid = "<%s-%d@load.test>" % (tag, i)
-        msg = "From: app@origin.test\r\nTo: load@example.test\r\nMessage-ID: %s\r\nSubject: load %d\r\n\r\n%s\r\n" % (mid, i, "x" * 2000)
-        try:
-            if s is None:
-                s = smtplib.SMTP(host, port, timeout=10)
-            s.sendmail("app@origin.test", ["load@example.test"], msg)
-            with lock:
-                print(mid, flush=True)
-        except Exception:
-            s = None
-ts = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
-[t.start() for t in ts]
-[t.join() for t in ts]
-"#;
-
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_message() {
     let mx = ScriptedMx::start();
@@ -879,7 +855,7 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     let submitter = Command::new("python3")
         .args([
             "-c",
-            PY_SUBMIT,
+            common::PY_SUBMIT_LOAD,
             "127.0.0.1",
             &relay.smtp.port().to_string(),
             "400",
@@ -1512,15 +1488,7 @@ msg = "From: app@origin.test\r\nTo: s@example.test\r\nSubject: chain\r\n\r\nhell
 s.sendmail("app@origin.test", ["s@example.test"], msg, rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
 s.quit()
 "#;
-    let out = Command::new("python3")
-        .args(["-c", send, &relay_a.smtp.port().to_string()])
-        .output()
-        .expect("python3 is needed as a submitting client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python("submission", send, &[&relay_a.smtp.port().to_string()]);
     wait_until(
         "the success report from relay B",
         Duration::from_secs(30),
@@ -1574,16 +1542,7 @@ s2.sendmail("app@origin.test", ["two@example.test"], mid)
 print("second-retry 250")
 s1.quit(); s2.quit()
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &relay.smtp.port().to_string()])
-        .output()
-        .expect("python3 is needed as a submitting client");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::python("two sessions", script, &[&relay.smtp.port().to_string()]);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].starts_with("second-first-try 452 4.3.1"),

@@ -170,17 +170,16 @@ fn submit(relay: &Relay, rcpt: &str, message_id: &str) {
 
 /// Submit with RCPT parameters (space-separated, e.g. `NOTIFY=NEVER`).
 fn submit_with(relay: &Relay, rcpt: &str, message_id: &str, rcpt_options: &str) {
-    let out = Command::new("python3")
-        .args(["-c", PY_SEND_ONE, "127.0.0.1"])
-        .arg(relay.smtp.port().to_string())
-        .args(["app@origin.test", rcpt, message_id, rcpt_options])
-        .output()
-        .expect("python3 is needed as a submitting client");
-    assert!(
-        out.status.success(),
-        "submission failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let port = relay.smtp.port().to_string();
+    let args = [
+        "127.0.0.1",
+        &port,
+        "app@origin.test",
+        rcpt,
+        message_id,
+        rcpt_options,
+    ];
+    common::python("submission", PY_SEND_ONE, &args);
 }
 
 fn outcomes(events: &[serde_json::Value]) -> Vec<String> {
@@ -378,30 +377,6 @@ fn idempotency_keys_are_forgotten_after_the_retention() {
     });
 }
 
-/// Submits `n` messages over `conns` connections; prints each Message-ID the
-/// relay acknowledged with 250.
-const PY_LOAD: &str = r#"
-import smtplib, sys, threading
-host, port, n, conns, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-lock = threading.Lock()
-def worker(k):
-    s = None
-    for i in range(k, n, conns):
-        mid = "<%s-%d@load.test>" % (tag, i)
-        msg = "From: app@origin.test\r\nTo: load@example.test\r\nMessage-ID: %s\r\nSubject: load %d\r\n\r\n%s\r\n" % (mid, i, "x" * 2000)
-        try:
-            if s is None:
-                s = smtplib.SMTP(host, port, timeout=10)
-            s.sendmail("app@origin.test", ["load@example.test"], msg)
-            with lock:
-                print(mid, flush=True)
-        except Exception:
-            s = None
-ts = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
-[t.start() for t in ts]
-[t.join() for t in ts]
-"#;
-
 /// Outbound sessions the relay may hold to the simulator at once.
 const EGRESS_SESSIONS: usize = 4;
 /// Submitting connections.
@@ -419,7 +394,7 @@ fn kill_9_under_load_then_restart_delivers_every_acknowledged_message() {
         ),
     );
     let submitter = Command::new("python3")
-        .args(["-c", PY_LOAD, "127.0.0.1"])
+        .args(["-c", common::PY_SUBMIT_LOAD, "127.0.0.1"])
         .arg(relay.smtp.port().to_string())
         .args(["400", &SUBMITTERS.to_string(), "k9"])
         .stdout(Stdio::piped())
@@ -510,16 +485,7 @@ for family in text_string_to_metric_families(text):
 "#;
 
 fn scrape(http: SocketAddr) -> HashMap<String, f64> {
-    let out = Command::new("python3")
-        .args(["-c", PY_SCRAPE, &http.to_string()])
-        .output()
-        .expect("python3 is needed to scrape");
-    assert!(
-        out.status.success(),
-        "scrape or parse failed (scripts/install-deps installs prometheus-client): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    common::python("scraping /metrics", PY_SCRAPE, &[&http.to_string()])
         .lines()
         .map(|l| {
             let (k, v) = l.rsplit_once(' ').unwrap();
@@ -641,16 +607,8 @@ fn metrics_count_attempts_by_path_and_outcome_and_show_the_queue_and_pacing() {
     }
 
     // The dashboard page, and the JSON its script reads, agree with the metrics.
-    let out = Command::new("python3")
-        .args(["-c", PY_DASHBOARD, &http.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dashboard: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::python("the dashboard", PY_DASHBOARD, &[&http.to_string()]);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     let count = |outcome: &str| {
         stats["attempts"]
             .as_array()
@@ -666,17 +624,11 @@ fn metrics_count_attempts_by_path_and_outcome_and_show_the_queue_and_pacing() {
 
     // Every metric and label value the shipped alert rules ask for is exported.
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/alerts/mxpace.rules.yml");
-    let out = Command::new("python3")
-        .args(["-c", PY_RULE_REFS])
-        .arg(&rules)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reading the alert rules: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let refs = common::python(
+        "reading the alert rules",
+        PY_RULE_REFS,
+        &[rules.to_str().unwrap()],
     );
-    let refs = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(refs.lines().count() >= 6, "{refs}");
     for line in refs.lines() {
         let mut parts = line.split(' ');

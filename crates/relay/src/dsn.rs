@@ -273,17 +273,9 @@ mod tests {
             idempotency_key: None,
             expires_ms: 0,
             recipients: vec![Recipient {
-                address: "u@x.test".into(),
-                orcpt: None,
-                notify: 0,
                 status: RcptStatus::Bounced,
                 attempts: 1,
-                next_attempt_ms: 0,
-                last_reply: None,
-                last_mx: None,
-                last_provider: None,
-                last_source: None,
-                delay_reported: false,
+                ..Recipient::queued("u@x.test".into(), None, 0, 0)
             }],
         };
         let failed = [FailedRecipient {

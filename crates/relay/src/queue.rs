@@ -252,19 +252,7 @@ mod tests {
     use crate::spool::Recipient;
 
     fn rcpt(addr: &str, next: i64) -> Recipient {
-        Recipient {
-            address: addr.into(),
-            orcpt: None,
-            notify: 0,
-            status: RcptStatus::Queued,
-            attempts: 0,
-            next_attempt_ms: next,
-            last_reply: None,
-            last_mx: None,
-            last_provider: None,
-            last_source: None,
-            delay_reported: false,
-        }
+        Recipient::queued(addr.into(), None, 0, next)
     }
 
     fn msg(id: &str, rcpts: Vec<Recipient>) -> QueuedMessage {

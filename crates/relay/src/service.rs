@@ -165,19 +165,7 @@ pub async fn accept(shared: &Shared, sub: Submission) -> Result<Accepted, SpoolE
         recipients: sub
             .recipients
             .into_iter()
-            .map(|r| Recipient {
-                address: r.address,
-                orcpt: r.orcpt,
-                notify: r.notify,
-                status: RcptStatus::Queued,
-                attempts: 0,
-                next_attempt_ms: now,
-                last_reply: None,
-                last_mx: None,
-                last_provider: None,
-                last_source: None,
-                delay_reported: false,
-            })
+            .map(|r| Recipient::queued(r.address, r.orcpt, r.notify, now))
             .collect(),
     };
     let result = shared
@@ -300,45 +288,28 @@ pub async fn finish_attempt(
             now,
             rand::random::<f64>(),
         );
-        let outcome = match decision {
+        // What the attempt settles, and which DSN (if any) it owes the sender.
+        let (outcome, report) = match decision {
             RetryDecision::Delivered => {
                 r.status = RcptStatus::Delivered;
                 // RFC 3461 §4.2: NOTIFY=SUCCESS delivered to a next hop that does not
                 // speak DSN ends the notice chain here: report it as relayed.
-                if r.notify & smtp_proto::RCPT_NOTIFY_SUCCESS != 0 && !ctx.next_hop_dsn {
-                    failed.push(FailedRecipient {
-                        address: r.address.clone(),
-                        orcpt: r.orcpt.clone(),
-                        status: dsn::status_for(verdict.as_ref(), FailureKind::Relayed),
-                        kind: FailureKind::Relayed,
-                        diagnostic: Some(reply.clone()),
-                        remote_mta: ctx.mx_host.clone(),
-                    });
-                }
-                Outcome::Delivered
+                let relayed = r.notify & smtp_proto::RCPT_NOTIFY_SUCCESS != 0 && !ctx.next_hop_dsn;
+                (Outcome::Delivered, relayed.then_some(FailureKind::Relayed))
             }
             RetryDecision::RetryAt(t) => {
                 r.next_attempt_ms = t;
-                if !r.delay_reported && delay_report_due(&shared.config, &msg_times, r, now) {
-                    r.delay_reported = true;
-                    failed.push(FailedRecipient {
-                        address: r.address.clone(),
-                        orcpt: r.orcpt.clone(),
-                        status: dsn::status_for(verdict.as_ref(), FailureKind::Delayed),
-                        kind: FailureKind::Delayed,
-                        diagnostic: Some(reply.clone()),
-                        remote_mta: ctx.mx_host.clone(),
-                    });
-                }
-                outcome_if_retry
+                let due = !r.delay_reported && delay_report_due(&shared.config, &msg_times, r, now);
+                r.delay_reported |= due;
+                (outcome_if_retry, due.then_some(FailureKind::Delayed))
             }
             RetryDecision::Bounce => {
                 r.status = RcptStatus::Bounced;
-                Outcome::Bounced
+                (Outcome::Bounced, Some(FailureKind::Bounced))
             }
             RetryDecision::Expire => {
                 r.status = RcptStatus::Expired;
-                outcome_if_retry
+                (outcome_if_retry, Some(FailureKind::Expired))
             }
         };
         let (address, attempts, orcpt) = (r.address.clone(), r.attempts, r.orcpt.clone());
@@ -357,19 +328,14 @@ pub async fn finish_attempt(
             e.extra.insert("tls".into(), true.into());
         }
         events.push(e);
-        let kind = match decision {
-            RetryDecision::Bounce => Some(FailureKind::Bounced),
-            RetryDecision::Expire => {
-                let mut x = base_event(EventType::Expired, &msg, &address, now);
-                x.stream = Some(msg.stream.clone());
-                x.attempt = Some(attempts);
-                x.reply = Some(reply.clone());
-                events.push(x);
-                Some(FailureKind::Expired)
-            }
-            _ => None,
-        };
-        if let Some(kind) = kind {
+        if report == Some(FailureKind::Expired) {
+            let mut x = base_event(EventType::Expired, &msg, &address, now);
+            x.stream = Some(msg.stream.clone());
+            x.attempt = Some(attempts);
+            x.reply = Some(reply.clone());
+            events.push(x);
+        }
+        if let Some(kind) = report {
             failed.push(FailedRecipient {
                 address: address.clone(),
                 orcpt: orcpt.clone(),
@@ -450,19 +416,7 @@ fn dsn_message(
         ret_full: false,
         idempotency_key: None,
         expires_ms: policy.expires_at(now),
-        recipients: vec![Recipient {
-            address: msg.sender.clone(),
-            orcpt: None,
-            notify: 0,
-            status: RcptStatus::Queued,
-            attempts: 0,
-            next_attempt_ms: now,
-            last_reply: None,
-            last_mx: None,
-            last_provider: None,
-            last_source: None,
-            delay_reported: false,
-        }],
+        recipients: vec![Recipient::queued(msg.sender.clone(), None, 0, now)],
     };
     (dsn, body)
 }

@@ -84,6 +84,23 @@ pub struct Recipient {
 }
 
 impl Recipient {
+    /// A recipient newly queued, due at `now_ms`, with its DSN parameters.
+    pub fn queued(address: String, orcpt: Option<String>, notify: u64, now_ms: i64) -> Recipient {
+        Recipient {
+            address,
+            orcpt,
+            notify,
+            status: RcptStatus::Queued,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            last_reply: None,
+            last_mx: None,
+            last_provider: None,
+            last_source: None,
+            delay_reported: false,
+        }
+    }
+
     /// The domain part, lowercased ("" when there is none).
     pub fn domain(&self) -> String {
         domain_of(&self.address)
@@ -474,17 +491,8 @@ mod tests {
             idempotency_key: key.map(Into::into),
             expires_ms: 100,
             recipients: vec![Recipient {
-                address: "x@Example.Test".into(),
-                orcpt: None,
-                notify: 0,
-                status: RcptStatus::Queued,
                 attempts: 2,
-                next_attempt_ms: 12345,
-                last_reply: None,
-                last_mx: None,
-                last_provider: None,
-                last_source: None,
-                delay_reported: false,
+                ..Recipient::queued("x@Example.Test".into(), None, 0, 12345)
             }],
         }
     }

@@ -656,14 +656,13 @@ mod tests {
     #[test]
     fn chosen_rule_agrees_with_trying_every_rule_in_order() {
         let engine = Engine::embedded().unwrap();
-        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
         let mut checked = 0;
-        for case in corpus["case"].as_array().unwrap() {
-            let input = case["reply"].as_str().unwrap();
+        for case in &crate::corpus_cases() {
+            let input = case.reply.as_str();
             let Ok(reply) = parse::parse_borrowed(input) else {
                 continue;
             };
-            let given = case.get("mx").and_then(|m| m.as_str());
+            let given = case.mx.as_deref();
             for mx in [
                 given,
                 None,

@@ -517,10 +517,9 @@ mod tests {
 
     #[test]
     fn named_host_from_the_end_agrees_with_the_forward_scan_on_the_corpus() {
-        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
         let mut named = 0;
-        for case in corpus["case"].as_array().unwrap() {
-            let text = case["reply"].as_str().unwrap();
+        for case in &crate::corpus_cases() {
+            let text = case.reply.as_str();
             assert_eq!(named_host(text), named_host_forward(text), "{text:?}");
             named += usize::from(named_host(text).is_some());
         }

@@ -51,3 +51,26 @@ pub fn explain(reply: &str, mx: Option<&str>) -> Verdict {
 pub fn classify<'a>(reply: &'a str, mx: Option<&'a str>) -> Classified<'a> {
     EMBEDDED.classify(reply, mx)
 }
+
+/// One corpus entry (`corpus/replies.toml`) as unit tests use it: the reply and the MX
+/// it was received from, when the entry names one.
+#[cfg(test)]
+pub(crate) struct CorpusCase {
+    pub reply: String,
+    pub mx: Option<String>,
+}
+
+/// Every corpus entry, for unit tests that check a fast path against its reference.
+#[cfg(test)]
+pub(crate) fn corpus_cases() -> Vec<CorpusCase> {
+    let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
+    corpus["case"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| CorpusCase {
+            reply: case["reply"].as_str().unwrap().to_owned(),
+            mx: case.get("mx").and_then(|m| m.as_str()).map(str::to_owned),
+        })
+        .collect()
+}

@@ -1057,17 +1057,8 @@ mod tests {
 
     #[test]
     fn marker_search_agrees_with_aho_corasick_on_the_corpus() {
-        #[derive(serde::Deserialize)]
-        struct Corpus {
-            case: Vec<Case>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Case {
-            reply: String,
-        }
-        let corpus: Corpus = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
         let mut wrapped = 0;
-        for case in &corpus.case {
+        for case in &crate::corpus_cases() {
             let found = find_marker(&case.reply);
             wrapped += usize::from(found.is_some());
             assert_eq!(found, marker_reference(&case.reply), "{:?}", case.reply);
@@ -1099,11 +1090,9 @@ mod tests {
 
     #[test]
     fn plain_line_path_agrees_with_the_general_parse_on_the_corpus() {
-        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
-        let cases = corpus["case"].as_array().unwrap();
-        let taken = cases
+        let taken = crate::corpus_cases()
             .iter()
-            .filter(|case| plain_line_agrees(case["reply"].as_str().unwrap()))
+            .filter(|case| plain_line_agrees(&case.reply))
             .count();
         assert!(
             taken > 200,
@@ -1312,33 +1301,14 @@ mod tests {
             b'0' + (code % 10) as u8,
         ];
         let b = body.as_bytes();
-        // Skip the first code and its separator.
-        let mut pos = 3;
-        if matches!(b.get(3), Some(b'-' | b' ' | b'\t')) {
-            pos = 4;
-        }
-        while matches!(b.get(pos), Some(b' ' | b'\t')) {
-            pos += 1;
-        }
-        let mut enhanced = None;
-        let mut enh_len = 0;
-        let hash = usize::from(b.get(pos) == Some(&b'#'));
-        if let Some((e, n)) = EnhancedCode::parse_prefix(&b[pos + hash..])
-            && matches!(
-                b.get(pos + hash + n),
-                None | Some(b' ' | b'\t' | b'\r' | b'\n')
-            )
-        {
-            enhanced = Some(e);
-            enh_len = n;
-            pos += hash + n;
-        }
-        // Plain single-line text (words separated by single spaces, no continuation
-        // prefixes): the text is a slice of the input, nothing to build.
-        let mut first = pos;
-        while b.get(first) == Some(&b' ') {
-            first += 1;
-        }
+        // The prefix (code, separator, enhanced code) is shared: the join is what this
+        // reference pins down.
+        let TextStart {
+            enhanced,
+            enh_len,
+            pos,
+            first,
+        } = text_start(b);
         if may_be_plain && is_plain_text(&b[first..], code_str) {
             return (enhanced, Cow::Borrowed(&body[first..]));
         }
@@ -1396,9 +1366,8 @@ mod tests {
 
     #[test]
     fn run_copying_join_matches_the_word_by_word_join_on_the_corpus() {
-        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
-        for case in corpus["case"].as_array().unwrap() {
-            let body = case["reply"].as_str().unwrap().trim();
+        for case in &crate::corpus_cases() {
+            let body = case.reply.trim();
             if starts_with_code(body.as_bytes()) {
                 let code: u16 = body[..3].parse().unwrap();
                 assert_eq!(
@@ -1463,10 +1432,9 @@ mod tests {
 
     #[test]
     fn plain_text_slices_match_the_join_on_the_corpus() {
-        let corpus: toml::Value = toml::from_str(include_str!("../corpus/replies.toml")).unwrap();
         let mut plain = 0;
-        for case in corpus["case"].as_array().unwrap() {
-            let body = case["reply"].as_str().unwrap();
+        for case in &crate::corpus_cases() {
+            let body = case.reply.as_str();
             plain_slice_agrees_with_join(body);
             plain += usize::from(starts_with_code(body.trim().as_bytes()));
         }

@@ -131,3 +131,44 @@ pub fn spawn_sim_listening(args: &[&str], count: usize) -> (Guard, Vec<SocketAdd
         .collect();
     (guard, addrs, output)
 }
+
+/// Runs `python3 -c SCRIPT ARGS...` (an independent client or parser) and returns its
+/// stdout; panics naming `what`, with Python's stderr, when it fails.
+pub fn python(what: &str, script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python3 is needed (scripts/install-deps installs its packages)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Submit `n` messages with Python's smtplib over `conns` parallel connections;
+/// prints the Message-IDs the relay acknowledged with 250, one per line.
+pub const PY_SUBMIT_LOAD: &str = r#"
+import smtplib, sys, threading
+host, port, n, conns, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+lock = threading.Lock()
+def worker(k):
+    s = None
+    for i in range(k, n, conns):
+        mid = "<%s-%d@load.test>" % (tag, i)
+        msg = "From: app@origin.test\r\nTo: load@example.test\r\nMessage-ID: %s\r\nSubject: load %d\r\n\r\n%s\r\n" % (mid, i, "x" * 2000)
+        try:
+            if s is None:
+                s = smtplib.SMTP(host, port, timeout=10)
+            s.sendmail("app@origin.test", ["load@example.test"], msg)
+            with lock:
+                print(mid, flush=True)
+        except Exception:
+            s = None
+ts = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+"#;
