@@ -46,8 +46,6 @@ pub struct Engine {
     /// A dense DFA: one table lookup per byte of a reply's text.
     phrases: PhraseDfa,
     phrase_count: usize,
-    /// For each phrase id, the provider it marks (if it is a marker).
-    marker_of: Vec<Option<u16>>,
     /// Bitsets of `rule_words` words each: at `((code - 200) * BUCKETS + bucket)`, the
     /// rules without phrase conditions that may match there.
     index: Vec<u64>,
@@ -65,8 +63,47 @@ pub struct Engine {
     /// code (`5.7.606`); without this mask every rule of the reply's code and
     /// subject was tried in turn.
     rules_of_detail: Vec<u64>,
-    /// For each phrase id, the rules whose `all`/`any` name it.
-    rules_of_phrase: Vec<Vec<u32>>,
+    /// What reaching each match state of `phrases` records (see [`MatchEffects`]).
+    effects: MatchEffects,
+}
+
+/// For each match state of the phrase automaton, in one flat array (no pointer to
+/// follow per match): the provider its phrases mark first, the phrases that end
+/// there and the rules whose `all`/`any` name one of them. Precomputed so that a
+/// match costs one offset load and a run of bit sets.
+struct MatchEffects {
+    /// `offsets[s]..offsets[s + 1]` is state `s`'s entry in `data`.
+    offsets: Box<[u32]>,
+    /// Per state: `[marker or NO_MARKER, phrase count, phrase ids…, rule ids…]`.
+    data: Box<[u32]>,
+}
+
+const NO_MARKER: u32 = u32::MAX;
+
+impl MatchEffects {
+    fn new(dfa: &PhraseDfa, rules_of_phrase: &[Vec<u32>], marker_of: &[Option<u16>]) -> Self {
+        let mut offsets = vec![0u32];
+        let mut data = Vec::new();
+        for state in 0..dfa.match_states() {
+            let ids = dfa.phrases_of(state);
+            let marker = ids.iter().filter_map(|&id| marker_of[id as usize]).min();
+            let mut rules: Vec<u32> = ids
+                .iter()
+                .flat_map(|&id| rules_of_phrase[id as usize].iter().copied())
+                .collect();
+            rules.sort_unstable();
+            rules.dedup();
+            data.push(marker.map_or(NO_MARKER, u32::from));
+            data.push(ids.len() as u32);
+            data.extend_from_slice(ids);
+            data.extend(rules);
+            offsets.push(data.len() as u32);
+        }
+        MatchEffects {
+            offsets: offsets.into(),
+            data: data.into(),
+        }
+    }
 }
 
 impl Engine {
@@ -221,19 +258,19 @@ impl Engine {
                 }
             }
         }
+        let effects = MatchEffects::new(&automaton, &rules_of_phrase, &marker_of);
         Ok(Engine {
             hosts: HostIndex::new(&providers),
             rules,
             providers,
             phrases: automaton,
             phrase_count,
-            marker_of,
             index,
             rule_words,
             rules_of_code,
             rules_of_provider,
             rules_of_detail,
-            rules_of_phrase,
+            effects,
         })
     }
 
@@ -335,34 +372,37 @@ impl Engine {
     #[inline(never)]
     fn phrases_in(&self, text: &str, seen: &mut [u64], candidates: &mut [u64]) -> Option<u16> {
         let mut marked: Option<u16> = None;
-        self.phrases.for_each_match(text.as_bytes(), |ids| {
-            self.record_matches(ids, seen, candidates, &mut marked);
+        self.phrases.for_each_match(text.as_bytes(), |state| {
+            self.record_match(state, seen, candidates, &mut marked);
         });
         marked
     }
 
-    /// Marks the phrases `ids`, the rules naming them, and the provider one of them
-    /// marks (the first in file order wins). Out of line: match states are rare, and
-    /// the walk keeps its registers.
+    /// Marks the phrases ending at match state `state`, the rules naming them, and the
+    /// provider one of them marks (the first in file order wins). Out of line: match
+    /// states are rare, and the walk keeps its registers.
     #[cold]
     #[inline(never)]
-    fn record_matches(
+    fn record_match(
         &self,
-        ids: &[u32],
+        state: u32,
         seen: &mut [u64],
         candidates: &mut [u64],
         marked: &mut Option<u16>,
     ) {
-        for &id in ids {
-            if !has(seen, id) {
-                set(seen, id);
-                for &ri in &self.rules_of_phrase[id as usize] {
-                    set(candidates, ri);
-                }
-                if let Some(p) = self.marker_of[id as usize] {
-                    *marked = Some(marked.map_or(p, |b| b.min(p)));
-                }
-            }
+        let e = &self.effects;
+        let entry =
+            &e.data[e.offsets[state as usize] as usize..e.offsets[state as usize + 1] as usize];
+        let (marker, phrases) = (entry[0], entry[1] as usize);
+        for &id in &entry[2..2 + phrases] {
+            set(seen, id);
+        }
+        for &ri in &entry[2 + phrases..] {
+            set(candidates, ri);
+        }
+        if marker != NO_MARKER {
+            let p = marker as u16;
+            *marked = Some(marked.map_or(p, |b| b.min(p)));
         }
     }
 

@@ -167,11 +167,22 @@ impl PhraseDfa {
         table + self.matches.iter().map(|m| m.len() * 4 + 16).sum::<usize>()
     }
 
-    /// Calls `found` with the ids of the phrases ending at each byte of `text` where
-    /// some do: every occurrence is reported at least once (some may be reported twice,
-    /// and not necessarily in text order — callers collect them as a set).
+    /// Match states: [`PhraseDfa::for_each_match`] reports states below this number.
+    pub(crate) fn match_states(&self) -> u32 {
+        self.match_limit
+    }
+
+    /// The ids of the phrases that end when the walk is in match state `state`.
+    pub(crate) fn phrases_of(&self, state: u32) -> &[u32] {
+        &self.matches[state as usize]
+    }
+
+    /// Calls `found` with the match state (see [`PhraseDfa::phrases_of`]) at each byte
+    /// of `text` where some phrase ends: every occurrence is reported at least once
+    /// (some may be reported twice, and not necessarily in text order — callers
+    /// collect them as a set).
     #[inline]
-    pub(crate) fn for_each_match(&self, text: &[u8], found: impl FnMut(&[u32])) {
+    pub(crate) fn for_each_match(&self, text: &[u8], found: impl FnMut(u32)) {
         match &self.table {
             Table::Narrow(t) => self.walk(t, text, found),
             Table::Wide(t) => self.walk(t, text, found),
@@ -202,14 +213,14 @@ impl PhraseDfa {
     /// states (a phrase longer than those, or than a chunk), the walk simply goes on
     /// to the end of the text.
     #[inline]
-    fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], mut found: impl FnMut(&[u32])) {
+    fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], mut found: impl FnMut(u32)) {
         const S: usize = PhraseDfa::STREAMS;
         let step = |state: u32, b: u8| -> u32 {
             table[(self.column_offset[usize::from(b)] + state) as usize].into()
         };
         let mut report = |state: u32| {
             if state < self.match_limit {
-                found(&self.matches[state as usize]);
+                found(state);
             }
         };
         if text.len() < Self::STREAMS_FROM {
@@ -292,7 +303,9 @@ mod tests {
 
     fn ours(dfa: &PhraseDfa, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
-        dfa.for_each_match(text.as_bytes(), |m| ids.extend_from_slice(m));
+        dfa.for_each_match(text.as_bytes(), |m| {
+            ids.extend_from_slice(dfa.phrases_of(m))
+        });
         ids.sort_unstable();
         ids.dedup();
         ids
