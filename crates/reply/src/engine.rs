@@ -44,7 +44,7 @@ pub struct Engine {
     hosts: HostIndex,
     /// Phrases and markers, lower-cased, deduplicated; the automaton's pattern ids.
     /// A dense DFA: one table lookup per byte of a reply's text.
-    pub(crate) phrases: PhraseDfa,
+    phrases: PhraseDfa,
     phrase_count: usize,
     /// Bitsets of `rule_words` words each: at `((code - 200) * BUCKETS + bucket)`, the
     /// rules without phrase conditions that may match there.

@@ -28,6 +28,8 @@ pub(crate) struct PhraseDfa {
     column_offset: [u32; 256],
     table: Table,
     start: u32,
+    /// Number of states (the length of each column).
+    states: u32,
     /// States below this index are match states.
     match_limit: u32,
     /// For match state `i`, the phrase ids ending there.
@@ -208,6 +210,7 @@ impl PhraseDfa {
             column_offset,
             table,
             start: index[start.as_usize()],
+            states: count as u32,
             match_limit: match_count as u32,
             matches,
         })
@@ -270,8 +273,23 @@ impl PhraseDfa {
     #[inline]
     fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], mut found: impl FnMut(u32)) {
         const S: usize = PhraseDfa::STREAMS;
+        debug_assert_eq!(
+            table.len(),
+            self.column_offset.iter().max().map_or(0, |&m| m as usize) + self.states as usize
+        );
+        let base = table.as_ptr();
         let step = |state: u32, b: u8| -> u32 {
-            table[(self.column_offset[usize::from(b)] + state) as usize].into()
+            // The byte's column is found without waiting for the state, and the state
+            // indexes it in the load's address: the walk's chain of dependent steps is
+            // the load alone, with no add and no bounds check on it.
+            // SAFETY: every column offset is `class × states` with `class` below the
+            // number of columns, and every state (the start state and each table
+            // entry) is below `states`, so `offset + state < states × columns =
+            // table.len()` (`PhraseDfa::with_narrow_limit` builds them so).
+            unsafe {
+                let column = base.add(self.column_offset[usize::from(b)] as usize);
+                (*column.add(state as usize)).into()
+            }
         };
         let mut report = |state: u32| {
             if state < self.match_limit {
