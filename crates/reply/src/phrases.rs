@@ -247,17 +247,29 @@ impl PhraseDfa {
         }
     }
 
-    /// Streams a long text is cut into (see [`PhraseDfa::walk`]).
-    const STREAMS: usize = 3;
-    /// Texts shorter than this are walked in one stream (several would not pay).
-    const STREAMS_FROM: usize = Self::STREAMS * 16;
+    /// Texts at least this long are walked in three streams, shorter ones from half
+    /// this long in two (see [`PhraseDfa::walk_streams`]), shorter ones in one:
+    /// below ~16 bytes a chunk, the streams' set-up and meeting would not pay.
+    const THREE_STREAMS_FROM: usize = 48;
+    const TWO_STREAMS_FROM: usize = 24;
     /// How many of its first states each stream after the first records, for the
     /// stream before it to meet.
     const RECORDED: usize = 64;
 
+    #[inline]
+    fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], found: impl FnMut(u32)) {
+        if text.len() >= Self::THREE_STREAMS_FROM {
+            self.walk_streams::<T, 3>(table, text, found);
+        } else if text.len() >= Self::TWO_STREAMS_FROM {
+            self.walk_streams::<T, 2>(table, text, found);
+        } else {
+            self.walk_streams::<T, 1>(table, text, found);
+        }
+    }
+
     /// Each step of a DFA walk waits for the one before (load latency, not the
-    /// instruction count, bounds it), so a long text is cut into `STREAMS` chunks
-    /// walked as independent, interleaved streams the CPU overlaps.
+    /// instruction count, bounds it), so the text is cut into `S` chunks walked as
+    /// independent, interleaved streams the CPU overlaps.
     ///
     /// A stream starting from the start state in the middle of the text is in the
     /// state of the longest suffix of what it has read that is a phrase prefix: every
@@ -271,8 +283,12 @@ impl PhraseDfa {
     /// states (a phrase longer than those, or than a chunk), the walk simply goes on
     /// to the end of the text.
     #[inline]
-    fn walk<T: Copy + Into<u32>>(&self, table: &[T], text: &[u8], mut found: impl FnMut(u32)) {
-        const S: usize = PhraseDfa::STREAMS;
+    fn walk_streams<T: Copy + Into<u32>, const S: usize>(
+        &self,
+        table: &[T],
+        text: &[u8],
+        mut found: impl FnMut(u32),
+    ) {
         debug_assert_eq!(
             table.len(),
             self.column_offset.iter().max().map_or(0, |&m| m as usize) + self.states as usize
@@ -296,7 +312,7 @@ impl PhraseDfa {
                 found(state);
             }
         };
-        if text.len() < Self::STREAMS_FROM {
+        if S == 1 {
             let mut state = self.start;
             for &b in text {
                 state = step(state, b);
@@ -307,8 +323,8 @@ impl PhraseDfa {
         let chunk = text.len() / S;
         let chunks: [&[u8]; S] = std::array::from_fn(|k| &text[k * chunk..(k + 1) * chunk]);
         let mut states = [self.start; S];
-        // Left uninitialised: zeroing these 768 bytes was a `memset` call per text
-        // (~60 instructions); only the first `record` entries are written and read.
+        // Left uninitialised: zeroing these bytes was a `memset` call per text (~60
+        // instructions); only the first `record` entries are written and read.
         let mut recorded = [[MaybeUninit::<u32>::uninit(); Self::RECORDED]; S];
         let record = chunk.min(Self::RECORDED);
         for i in 0..record {
@@ -430,7 +446,7 @@ mod tests {
         phrases.push(long.to_owned());
         let dfa = PhraseDfa::new(&phrases).unwrap();
         let ac = reference_automaton(&phrases);
-        for len in [47, 48, 49, 50, 60, 61, 100, 257, 300] {
+        for len in [15, 23, 24, 25, 31, 47, 48, 49, 50, 60, 61, 100, 257, 300] {
             for phrase in ["try again later", "(s3150)", "spamhaus", "ain", long] {
                 if phrase.len() > len {
                     continue;
