@@ -533,6 +533,36 @@ fn read_postfix_parallel(
     let (done_tx, done_rx) = mpsc::sync_channel::<(usize, ParsedPiece)>(PIECES_IN_FLIGHT);
     let (recycle_tx, recycle_rx) = mpsc::sync_channel::<Vec<u8>>(2);
     std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let (work_rx, years, reader_config, analysis) = (&work_rx, &years, config, &analysis);
+            let parse = move || {
+                loop {
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((seq, source))) = next else { break };
+                    let cx = ParseContext {
+                        reader: reader_config,
+                        config: analysis,
+                        years: years
+                            .lock()
+                            .map_or_else(|p| p.into_inner().clone(), |y| y.clone()),
+                    };
+                    let parsed = ParsedPiece::new(source, |source| {
+                        parse_piece(source.bytes(), &source.providers, &cx)
+                    });
+                    if done_tx.send((seq, parsed)).is_err() {
+                        break;
+                    }
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("parse".into())
+                .spawn_scoped(scope, parse)
+            {
+                drop(work_tx); // the workers already started see the end of the work
+                return Err(anyhow::Error::new(e).context("cannot start a parser thread"));
+            }
+        }
         let providers = &providers;
         // Moved in: the work channel closes when the reader is done.
         let reader = std::thread::Builder::new()
@@ -562,33 +592,6 @@ fn read_postfix_parallel(
                 }
             })
             .context("cannot start the reader thread")?;
-        for _ in 0..workers {
-            let done_tx = done_tx.clone();
-            let (work_rx, years, reader_config, analysis) = (&work_rx, &years, config, &analysis);
-            let parse = move || {
-                loop {
-                    let next = work_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok((seq, source))) = next else { break };
-                    let cx = ParseContext {
-                        reader: reader_config,
-                        config: analysis,
-                        years: years
-                            .lock()
-                            .map_or_else(|p| p.into_inner().clone(), |y| y.clone()),
-                    };
-                    let parsed = ParsedPiece::new(source, |source| {
-                        parse_piece(source.bytes(), &source.providers, &cx)
-                    });
-                    if done_tx.send((seq, parsed)).is_err() {
-                        break;
-                    }
-                }
-            };
-            std::thread::Builder::new()
-                .name("parse".into())
-                .spawn_scoped(scope, parse)
-                .context("cannot start a parser thread")?;
-        }
         drop(done_tx);
         let mut waiting = BTreeMap::new();
         let mut want = 0;
@@ -723,6 +726,51 @@ mod tests {
         assert_eq!(split("x\n"), ["x"]);
         assert!(split("").is_empty());
         assert!(split("\n\n").is_empty());
+    }
+
+    /// A read error in the middle of the log (a truncated compressed file, a failing
+    /// disk) ends the pipeline with that error once the pieces read so far are folded:
+    /// no thread is left waiting.
+    #[test]
+    fn a_read_error_mid_log_is_reported_and_nothing_hangs() {
+        struct FailsAfter(std::io::Cursor<Vec<u8>>);
+        impl Read for FailsAfter {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.read(buf)? {
+                    0 => Err(std::io::Error::other("disk on fire")),
+                    n => Ok(n),
+                }
+            }
+        }
+        let s = Scenario {
+            rate_per_sec: 2.0,
+            minutes: 20,
+            ..Scenario::baseline_unix(1_795_420_800)
+        };
+        let mut log = Vec::new();
+        write_postfix(&s, &mut log).unwrap();
+        let size = log.len();
+        let mut input: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::with_capacity(
+            1000,
+            FailsAfter(std::io::Cursor::new(log)),
+        ));
+        let reader = ReaderConfig {
+            year: Some(2026),
+            ..Default::default()
+        };
+        let mut correlator = Correlator::new(&reader);
+        let mut analyzer = Analyzer::new(crate::Config::default());
+        let err = read_postfix_parallel(
+            &mut input,
+            &reader,
+            &mut correlator,
+            4096,
+            &mut analyzer,
+            None,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("disk on fire"), "{err:#}");
+        assert!(size > 10 * 4096, "the log must span many chunks");
     }
 
     /// The parser threads guess the year of classic stamps; when the guess is wrong the
