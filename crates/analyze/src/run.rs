@@ -14,9 +14,9 @@ use mxpace_events::readers::{
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -371,13 +371,12 @@ struct Piece<'a> {
 /// What the parser threads share.
 struct ParseContext<'a> {
     reader: &'a ReaderConfig,
-    providers: &'a Providers,
     config: &'a Config,
     /// The year tracker at the start of the chunk.
     years: YearTracker,
 }
 
-fn parse_piece<'a>(piece: &'a [u8], cx: &ParseContext<'a>) -> Piece<'a> {
+fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<'_>) -> Piece<'a> {
     let mut items = Vec::with_capacity(piece.len() / 160 + 1);
     let mut attempts = Vec::with_capacity(piece.len() / 600 + 1);
     let mut tally = Tally::default();
@@ -391,7 +390,7 @@ fn parse_piece<'a>(piece: &'a [u8], cx: &ParseContext<'a>) -> Piece<'a> {
             })) => {
                 let mx_host = delivery.mx_host.map(lower);
                 let derived = Derived::of(
-                    cx.providers,
+                    providers,
                     delivery.recipient,
                     mx_host.as_deref(),
                     None,
@@ -439,8 +438,8 @@ fn lines(piece: &[u8]) -> impl Iterator<Item = &[u8]> {
         })
 }
 
-/// Split a chunk into about `pieces` slices that end on line boundaries.
-fn split_pieces(chunk: &[u8], pieces: usize) -> Vec<&[u8]> {
+/// Split a chunk into about `pieces` ranges that end on line boundaries.
+fn piece_ranges(chunk: &[u8], pieces: usize) -> Vec<Range<usize>> {
     let piece_len = chunk.len() / pieces.max(1) + 1;
     let mut out = Vec::with_capacity(pieces + 1);
     let mut start = 0;
@@ -451,7 +450,7 @@ fn split_pieces(chunk: &[u8], pieces: usize) -> Vec<&[u8]> {
         } else {
             memchr::memchr(b'\n', &chunk[from..]).map_or(chunk.len(), |i| from + i + 1)
         };
-        out.push(&chunk[start..end]);
+        out.push(start..end);
         start = end;
     }
     out
@@ -478,10 +477,41 @@ fn next_chunk(
     Ok(buf)
 }
 
-/// Postfix on all cores. Per chunk: worker threads parse pieces (stateless, borrowing the
-/// chunk, no allocation per line) while this thread folds the parsed pieces in order
-/// (year of the stamps, queue-ID correlation, the analyzer) and a reader thread reads the
-/// next chunk. The fold sees every line in file order, as a sequential read does.
+/// What a parsed piece borrows from: its chunk (shared by the chunk's pieces) and the
+/// provider table (the piece's provider names borrow it).
+struct PieceSource {
+    chunk: Arc<Vec<u8>>,
+    range: Range<usize>,
+    providers: Arc<Providers>,
+}
+
+impl PieceSource {
+    fn bytes(&self) -> &[u8] {
+        &self.chunk[self.range.clone()]
+    }
+}
+
+self_cell::self_cell!(
+    /// A piece parsed on a worker thread, together with the chunk its lines borrow, so
+    /// that it can travel to the fold while the workers go on with the next chunks.
+    struct ParsedPiece {
+        owner: PieceSource,
+        #[covariant]
+        dependent: Piece,
+    }
+);
+
+/// Pieces waiting for a worker, and parsed pieces waiting for the fold, at most (each
+/// about 1/32 of a chunk): how far the reader and the workers may run ahead of the fold.
+const PIECES_IN_FLIGHT: usize = PIECES_PER_CHUNK / 2;
+
+/// Postfix on all cores, as a pipeline that never waits for a whole chunk: a reader
+/// thread reads chunks (cut at line ends) and hands out their pieces; worker threads
+/// parse pieces (stateless, borrowing the chunk, no allocation per line); this thread
+/// folds the parsed pieces in file order (year of the stamps, queue-ID correlation, the
+/// analyzer). Bounded channels keep at most [`PIECES_IN_FLIGHT`] pieces queued at each
+/// stage; the chunks' buffers go back to the reader once folded. The fold sees every
+/// line in file order, as a sequential read does.
 fn read_postfix_parallel(
     input: &mut Box<dyn BufRead + Send>,
     config: &ReaderConfig,
@@ -494,60 +524,100 @@ fn read_postfix_parallel(
     let providers = analyzer.providers();
     let analysis = analyzer.config().clone();
     let mut stats = ReadStats::default();
-    let mut carry = Vec::new();
     let mut events = Vec::new();
-    let mut chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes, Vec::new())?;
-    // The buffer of the chunk before, refilled by the reader thread (no fresh pages).
-    let mut spare = Vec::new();
-    while !chunk.is_empty() {
-        let pieces = split_pieces(&chunk, PIECES_PER_CHUNK);
-        let claimed = AtomicUsize::new(0);
-        let cx = ParseContext {
-            reader: config,
-            providers: &providers,
-            config: &analysis,
-            years: correlator.years(),
-        };
-        let next = std::thread::scope(|scope| {
-            let buf = std::mem::take(&mut spare);
-            let reader = scope.spawn(|| next_chunk(input.as_mut(), &mut carry, chunk_bytes, buf));
-            let (tx, rx) = mpsc::channel();
-            for _ in 0..workers {
-                let tx = tx.clone();
-                let (pieces, claimed, cx) = (&pieces, &claimed, &cx);
-                let parse = move || {
-                    loop {
-                        let i = claimed.fetch_add(1, Ordering::Relaxed);
-                        let Some(piece) = pieces.get(i) else { break };
-                        if tx.send((i, parse_piece(piece, cx))).is_err() {
-                            break;
-                        }
+    // The year tracker as the fold last left it: the workers' guess for classic stamps
+    // (a wrong guess is corrected in order by the fold; it only costs time).
+    let years = Mutex::new(correlator.years());
+    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, PieceSource)>(PIECES_IN_FLIGHT);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, ParsedPiece)>(PIECES_IN_FLIGHT);
+    let (recycle_tx, recycle_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let (work_rx, years, reader_config, analysis) = (&work_rx, &years, config, &analysis);
+            let parse = move || {
+                loop {
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((seq, source))) = next else { break };
+                    let cx = ParseContext {
+                        reader: reader_config,
+                        config: analysis,
+                        years: years
+                            .lock()
+                            .map_or_else(|p| p.into_inner().clone(), |y| y.clone()),
+                    };
+                    let parsed = ParsedPiece::new(source, |source| {
+                        parse_piece(source.bytes(), &source.providers, &cx)
+                    });
+                    if done_tx.send((seq, parsed)).is_err() {
+                        break;
                     }
-                };
-                std::thread::Builder::new()
-                    .name("parse".into())
-                    .spawn_scoped(scope, parse)
-                    .context("cannot start a parser thread")?;
-            }
-            drop(tx);
-            let mut waiting = BTreeMap::new();
-            let mut want = 0;
-            for (i, piece) in rx {
-                waiting.insert(i, piece);
-                while let Some(piece) = waiting.remove(&want) {
-                    fold(piece, correlator, analyzer, &mut stats, &mut events);
-                    want += 1;
                 }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("parse".into())
+                .spawn_scoped(scope, parse)
+            {
+                drop(work_tx); // the workers already started see the end of the work
+                return Err(anyhow::Error::new(e).context("cannot start a parser thread"));
             }
-            reader
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the reader thread failed")))
-        })?;
-        if let Some(bar) = bar {
-            bar.inc(chunk.len() as u64);
         }
-        spare = std::mem::replace(&mut chunk, next);
-    }
+        let providers = &providers;
+        // Moved in: the work channel closes when the reader is done.
+        let reader = std::thread::Builder::new()
+            .name("read".into())
+            .spawn_scoped(scope, move || {
+                let mut carry = Vec::new();
+                let mut seq = 0;
+                loop {
+                    let buf = recycle_rx.try_recv().unwrap_or_default();
+                    let chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes, buf)?;
+                    if chunk.is_empty() {
+                        return Ok(());
+                    }
+                    let ranges = piece_ranges(&chunk, PIECES_PER_CHUNK);
+                    let chunk = Arc::new(chunk);
+                    for range in ranges {
+                        let source = PieceSource {
+                            chunk: Arc::clone(&chunk),
+                            range,
+                            providers: Arc::clone(providers),
+                        };
+                        if work_tx.send((seq, source)).is_err() {
+                            return Ok(()); // the workers stopped: the fold is gone
+                        }
+                        seq += 1;
+                    }
+                }
+            })
+            .context("cannot start the reader thread")?;
+        drop(done_tx);
+        let mut waiting = BTreeMap::new();
+        let mut want = 0;
+        for (seq, parsed) in done_rx {
+            waiting.insert(seq, parsed);
+            while let Some(mut parsed) = waiting.remove(&want) {
+                let len = parsed.borrow_owner().range.len();
+                parsed.with_dependent_mut(|_, piece| {
+                    fold(piece, correlator, analyzer, &mut stats, &mut events);
+                });
+                if let Ok(mut y) = years.lock() {
+                    *y = correlator.years();
+                }
+                if let Some(bar) = bar {
+                    bar.inc(len as u64);
+                }
+                if let Some(buf) = Arc::into_inner(parsed.into_owner().chunk) {
+                    let _ = recycle_tx.try_send(buf); // full: the reader has buffers enough
+                }
+                want += 1;
+            }
+        }
+        reader
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the reader thread failed")))
+    })?;
     Ok(stats)
 }
 
@@ -556,7 +626,7 @@ fn read_postfix_parallel(
 /// piece's tally is merged. Should a stamp's year differ from the parser thread's guess
 /// (a year rollover earlier in the chunk), the piece is tallied again here, in order.
 fn fold(
-    piece: Piece<'_>,
+    piece: &mut Piece<'_>,
     correlator: &mut Correlator,
     analyzer: &mut Analyzer,
     stats: &mut ReadStats,
@@ -619,7 +689,7 @@ fn fold(
         }
     }
     if guessed_right {
-        analyzer.merge_tally(piece.tally);
+        analyzer.merge_tally(std::mem::take(&mut piece.tally));
         return;
     }
     let mut tally = Tally::default();
@@ -658,6 +728,51 @@ mod tests {
         assert!(split("\n\n").is_empty());
     }
 
+    /// A read error in the middle of the log (a truncated compressed file, a failing
+    /// disk) ends the pipeline with that error once the pieces read so far are folded:
+    /// no thread is left waiting.
+    #[test]
+    fn a_read_error_mid_log_is_reported_and_nothing_hangs() {
+        struct FailsAfter(std::io::Cursor<Vec<u8>>);
+        impl Read for FailsAfter {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.read(buf)? {
+                    0 => Err(std::io::Error::other("disk on fire")),
+                    n => Ok(n),
+                }
+            }
+        }
+        let s = Scenario {
+            rate_per_sec: 2.0,
+            minutes: 20,
+            ..Scenario::baseline_unix(1_795_420_800)
+        };
+        let mut log = Vec::new();
+        write_postfix(&s, &mut log).unwrap();
+        let size = log.len();
+        let mut input: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::with_capacity(
+            1000,
+            FailsAfter(std::io::Cursor::new(log)),
+        ));
+        let reader = ReaderConfig {
+            year: Some(2026),
+            ..Default::default()
+        };
+        let mut correlator = Correlator::new(&reader);
+        let mut analyzer = Analyzer::new(crate::Config::default());
+        let err = read_postfix_parallel(
+            &mut input,
+            &reader,
+            &mut correlator,
+            4096,
+            &mut analyzer,
+            None,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("disk on fire"), "{err:#}");
+        assert!(size > 10 * 4096, "the log must span many chunks");
+    }
+
     /// The parser threads guess the year of classic stamps; when the guess is wrong the
     /// fold must tally the piece again with the right time. Forcing a wrong guess (2020)
     /// on every piece must give the report of a plain sequential read.
@@ -693,16 +808,15 @@ mod tests {
         let config = parallel.config().clone();
         let cx = ParseContext {
             reader: &reader,
-            providers: &providers,
             config: &config,
             years: YearTracker::new(2020),
         };
         let mut correlator = Correlator::new(&reader);
         let mut parallel_stats = ReadStats::default();
-        for piece in split_pieces(&log, 8) {
-            let piece = parse_piece(piece, &cx);
+        for range in piece_ranges(&log, 8) {
+            let mut piece = parse_piece(&log[range], &providers, &cx);
             fold(
-                piece,
+                &mut piece,
                 &mut correlator,
                 &mut parallel,
                 &mut parallel_stats,
