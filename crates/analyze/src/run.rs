@@ -715,6 +715,19 @@ mod tests {
     use crate::generate::{Scenario, write_postfix};
     use crate::report::Report;
 
+    /// A generated Postfix log of 20 minutes at 2 messages a second (classic stamps of
+    /// 2026, for [`ReaderConfig`]'s `year`): several chunks at the tests' chunk sizes.
+    fn twenty_minute_log() -> Vec<u8> {
+        let s = Scenario {
+            rate_per_sec: 2.0,
+            minutes: 20,
+            ..Scenario::baseline_unix(1_795_420_800)
+        };
+        let mut log = Vec::new();
+        write_postfix(&s, &mut log).unwrap();
+        log
+    }
+
     #[test]
     fn lines_are_split_without_their_ends_and_empty_ones_are_dropped() {
         let split = |s: &str| -> Vec<String> {
@@ -742,13 +755,7 @@ mod tests {
                 }
             }
         }
-        let s = Scenario {
-            rate_per_sec: 2.0,
-            minutes: 20,
-            ..Scenario::baseline_unix(1_795_420_800)
-        };
-        let mut log = Vec::new();
-        write_postfix(&s, &mut log).unwrap();
+        let log = twenty_minute_log();
         let size = log.len();
         let mut input: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::with_capacity(
             1000,
@@ -778,13 +785,7 @@ mod tests {
     /// on every piece must give the report of a plain sequential read.
     #[test]
     fn a_wrong_year_guess_of_the_parser_threads_is_corrected_in_order() {
-        let s = Scenario {
-            rate_per_sec: 2.0,
-            minutes: 20,
-            ..Scenario::baseline_unix(1_795_420_800)
-        };
-        let mut log = Vec::new();
-        write_postfix(&s, &mut log).unwrap();
+        let log = twenty_minute_log();
         let reader = ReaderConfig {
             year: Some(2026),
             ..Default::default()

@@ -153,6 +153,15 @@ const FAST_RETRY: &str = concat!(
     fast_pacing!()
 );
 
+/// [`base_config`] with both test domains (`example.test`, the recipients', and
+/// `origin.test`, the senders', where DSNs go) routed to `mx`.
+fn base_config_via(mx: SocketAddr, extra: &str) -> String {
+    base_config(
+        &[("example.test", vec![mx]), ("origin.test", vec![mx])],
+        extra,
+    )
+}
+
 /// Submit one message with swaks; returns its output (asserting success when `expect_ok`).
 fn swaks(server: SocketAddr, from: &str, to: &str, extra: &[&str], expect_ok: bool) -> String {
     let out = Command::new(need("swaks"))
@@ -466,16 +475,7 @@ fn permanent_5xx_bounces_with_a_dsn_to_the_sender() {
     need("swaks");
     let mx = ScriptedMx::start();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        &base_config(
-            &[
-                ("example.test", vec![mx.addr]),
-                ("origin.test", vec![mx.addr]),
-            ],
-            FAST_RETRY,
-        ),
-    );
+    let relay = Relay::start(dir.path(), &base_config_via(mx.addr, FAST_RETRY));
     swaks(
         relay.smtp,
         "app@origin.test",
@@ -512,11 +512,8 @@ fn max_age_expiry_sends_a_dsn() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
-        &base_config(
-            &[
-                ("example.test", vec![mx.addr]),
-                ("origin.test", vec![mx.addr]),
-            ],
+        &base_config_via(
+            mx.addr,
             // Retries every 500 ms within 4 s (on a loaded machine the first try
             // alone may take a second), with pacing on the same time scale (its
             // defaults start a new path at 1 msg/s).
@@ -587,16 +584,7 @@ fn recipients_of_one_message_are_tracked_separately() {
     need("swaks");
     let mx = ScriptedMx::start();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        &base_config(
-            &[
-                ("example.test", vec![mx.addr]),
-                ("origin.test", vec![mx.addr]),
-            ],
-            FAST_RETRY,
-        ),
-    );
+    let relay = Relay::start(dir.path(), &base_config_via(mx.addr, FAST_RETRY));
     swaks(
         relay.smtp,
         "app@origin.test",
@@ -990,11 +978,8 @@ fn queue_commands_work_through_the_running_relay() {
     need("swaks");
     let mx = ScriptedMx::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = base_config(
-        &[
-            ("example.test", vec![mx.addr]),
-            ("origin.test", vec![mx.addr]),
-        ],
+    let config = base_config_via(
+        mx.addr,
         concat!(
             "\n[retry]\nschedule = [\"1h\"]\nmax_age = \"24h\"\n",
             fast_pacing!()
@@ -1466,16 +1451,7 @@ fn notify_success_goes_on_to_a_dsn_capable_hop_which_reports_the_relay_itself() 
     let mx = ScriptedMx::start();
     // Relay B advertises DSN; the scripted MX behind it does not.
     let dir_b = tempfile::tempdir().unwrap();
-    let relay_b = Relay::start(
-        dir_b.path(),
-        &base_config(
-            &[
-                ("example.test", vec![mx.addr]),
-                ("origin.test", vec![mx.addr]),
-            ],
-            FAST_RETRY,
-        ),
-    );
+    let relay_b = Relay::start(dir_b.path(), &base_config_via(mx.addr, FAST_RETRY));
     let dir_a = tempfile::tempdir().unwrap();
     let relay_a = Relay::start(
         dir_a.path(),
