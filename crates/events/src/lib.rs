@@ -1,6 +1,7 @@
 //! The one event schema (see `docs/events.md`): the relay writes it, the readers
 //! translate foreign MTA logs into it, the analyzer reads only it.
 
+pub mod cache;
 mod schema;
 mod writer;
 
