@@ -366,6 +366,14 @@ struct Piece<'a> {
     items: Vec<Item<'a>>,
     attempts: Vec<Attempt<'a>>,
     tally: Tally,
+    /// The instant of each [`Item::Queue`] line, in order, as the parser thread resolved
+    /// it (the attempts' are in [`Attempt::time`]).
+    queue_times: Vec<Option<OffsetDateTime>>,
+    /// The year tracker the parser thread started from, and where it left it: when the
+    /// fold's tracker stands where this one started, every instant above is the one the
+    /// fold would compute, and the fold moves its tracker to the end state at once.
+    years_at_start: YearTracker,
+    years_at_end: YearTracker,
 }
 
 /// What the parser threads share.
@@ -381,6 +389,7 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
     let mut attempts = Vec::with_capacity(piece.len() / 600 + 1);
     let mut tally = Tally::default();
     let mut years = cx.years.clone();
+    let mut queue_times = Vec::with_capacity(piece.len() / 250 + 1);
     for line in lines(piece) {
         let len = line.len() as u32;
         items.push(match postfix::parse_line(line, cx.reader) {
@@ -411,7 +420,7 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
                 Item::Attempt(attempts.len() as u32 - 1, len)
             }
             Ok(Some(p)) => {
-                years.resolve(p.stamp);
+                queue_times.push(years.resolve(p.stamp));
                 Item::Queue(p.stamp, QueueLine::of(p.record), len)
             }
             Ok(None) => Item::Ignored(len),
@@ -422,6 +431,9 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
         items,
         attempts,
         tally,
+        queue_times,
+        years_at_start: cx.years.clone(),
+        years_at_end: years,
     }
 }
 
@@ -663,8 +675,11 @@ fn fold(
     stats: &mut ReadStats,
     events: &mut Vec<Event>,
 ) {
+    // The parser thread started from the fold's year state: its instants are the fold's.
+    let same_start = correlator.years() == piece.years_at_start;
+    let mut queue_times = piece.queue_times.iter();
     let mut guessed_right = true;
-    let mut times = Vec::with_capacity(piece.attempts.len());
+    let mut times = Vec::with_capacity(if same_start { 0 } else { piece.attempts.len() });
     for group in piece.items.chunks(PREFETCH_GROUP) {
         for item in group {
             prefetch(item, &piece.attempts, correlator, analyzer);
@@ -673,9 +688,14 @@ fn fold(
             match item {
                 Item::Attempt(i, len) => {
                     let a = &piece.attempts[*i as usize];
-                    let time = correlator.resolve(a.stamp);
-                    guessed_right &= time == a.time;
-                    times.push(time);
+                    let time = if same_start {
+                        a.time
+                    } else {
+                        let time = correlator.resolve(a.stamp);
+                        guessed_right &= time == a.time;
+                        times.push(time);
+                        time
+                    };
                     let Some(time) = time else {
                         stats.count(
                             LineStatus::Skipped(SkipReason::BadTimestamp),
@@ -696,7 +716,13 @@ fn fold(
                 }
                 Item::Queue(stamp, line, len) => {
                     let len = *len as usize;
-                    let Some(time) = correlator.resolve(*stamp) else {
+                    let parsed = queue_times.next().copied().flatten();
+                    let time = if same_start {
+                        parsed
+                    } else {
+                        correlator.resolve(*stamp)
+                    };
+                    let Some(time) = time else {
                         stats.count(LineStatus::Skipped(SkipReason::BadTimestamp), len, 0);
                         continue;
                     };
@@ -723,6 +749,9 @@ fn fold(
                 Item::Skipped(r, len) => stats.count(LineStatus::Skipped(*r), *len as usize, 0),
             }
         }
+    }
+    if same_start {
+        correlator.set_years(piece.years_at_end.clone());
     }
     if guessed_right {
         analyzer.merge_tally(std::mem::take(&mut piece.tally));

@@ -696,6 +696,13 @@ impl Correlator {
         self.years.clone()
     }
 
+    /// Take the year tracker as another thread left it after resolving, from the state
+    /// [`Correlator::years`] gave, the stamps of the lines that come next (the same
+    /// stamps in the same order give the same instants and the same final state).
+    pub fn set_years(&mut self, years: YearTracker) {
+        self.years = years;
+    }
+
     /// The instant of a line's stamp (classic stamps get their year here, in order).
     pub fn resolve(&mut self, stamp: Stamp) -> Option<OffsetDateTime> {
         self.years.resolve(stamp)

@@ -15,7 +15,7 @@ pub enum Stamp {
 
 /// Gives year-less syslog stamps a year, moving to the next year when the month goes
 /// back (December → January). Logs are assumed to be local time written as UTC.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct YearTracker {
     year: i32,
     last_month: Option<Month>,
