@@ -309,16 +309,26 @@ pub struct QueueHealth {
     pub delivered_without_arrival: u64,
 }
 
+/// An instant as nanoseconds since the Unix epoch: the open state's times are compared
+/// and subtracted on every attempt, and an integer does that in one instruction.
+type Nanos = i128;
+
+/// Whole seconds from `earlier` to `later`, truncated towards zero (as
+/// `(later - earlier).whole_seconds()` on the instants).
+fn secs_between(later: Nanos, earlier: Nanos) -> i64 {
+    ((later - earlier) / 1_000_000_000) as i64
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
-    time: OffsetDateTime,
+    time: Nanos,
     open: u32,
 }
 
 #[derive(Debug, Clone)]
 struct RecipientState {
-    first: OffsetDateTime,
-    last: OffsetDateTime,
+    first: Nanos,
+    last: Nanos,
     attempts: u32,
     deferrals: u32,
     last_deferred: bool,
@@ -334,6 +344,8 @@ pub struct Analyzer {
     pub(crate) health: QueueHealth,
     pub(crate) first: Option<OffsetDateTime>,
     pub(crate) last: Option<OffsetDateTime>,
+    /// `last` as [`Nanos`] (`i128::MIN` before the first event).
+    last_nanos: Nanos,
     pub(crate) out_of_order: u64,
     pub(crate) events: u64,
     pub(crate) held: u64,
@@ -373,6 +385,7 @@ impl Analyzer {
             health: QueueHealth::default(),
             first: None,
             last: None,
+            last_nanos: i128::MIN,
             out_of_order: 0,
             events: 0,
             held: 0,
@@ -451,7 +464,7 @@ impl Analyzer {
 
     /// Fold the arrival of a message (a `received` event) in the queue.
     pub fn observe_received(&mut self, t: OffsetDateTime, queue_id: &str) {
-        self.tick(t);
+        let t = self.tick(t);
         let key = self.hasher.hash_one(queue_id);
         self.arrivals
             .entry(key)
@@ -493,8 +506,8 @@ impl Analyzer {
     /// Fold one delivery attempt whose line-only keys were computed already (by
     /// [`Derived::of`] with [`Analyzer::providers`]).
     pub fn observe_derived(&mut self, a: &AttemptView<'_>, derived: Derived<'_>) {
-        self.tick(a.time);
-        self.attempt(a, derived);
+        let t = self.tick(a.time);
+        self.attempt(a, t, derived);
         self.after_event();
     }
 
@@ -503,18 +516,23 @@ impl Analyzer {
         std::sync::Arc::clone(&self.providers)
     }
 
-    /// Count an event at `t` and track the span and order of the log.
-    fn tick(&mut self, t: OffsetDateTime) {
+    /// Count an event at `t` and track the span and order of the log; `t` as [`Nanos`].
+    fn tick(&mut self, t: OffsetDateTime) -> Nanos {
         self.events += 1;
+        let nanos = t.unix_timestamp_nanos();
         match self.last {
             // Five minutes of slack: syslog from several hosts interleaves slightly.
-            Some(last) if (last - t).whole_seconds() > 300 => self.out_of_order += 1,
-            Some(last) if t <= last => {}
-            _ => self.last = Some(t),
+            Some(_) if secs_between(self.last_nanos, nanos) > 300 => self.out_of_order += 1,
+            Some(_) if nanos <= self.last_nanos => {}
+            _ => {
+                self.last = Some(t);
+                self.last_nanos = nanos;
+            }
         }
         if self.first.is_none_or(|f| t < f) {
             self.first = Some(t);
         }
+        nanos
     }
 
     fn after_event(&mut self) {
@@ -527,7 +545,7 @@ impl Analyzer {
         }
     }
 
-    fn attempt(&mut self, e: &AttemptView<'_>, derived: Derived<'_>) {
+    fn attempt(&mut self, e: &AttemptView<'_>, t: Nanos, derived: Derived<'_>) {
         if e.held {
             // Held by the MTA without a connection: not an attempt on the wire.
             self.held += 1;
@@ -535,19 +553,19 @@ impl Analyzer {
         }
         let Some(outcome) = e.outcome else { return };
         self.tally.add(&self.config, e, &derived, outcome, true);
-        self.ordered(e, &derived.provider, outcome);
+        self.ordered(e, t, &derived.provider, outcome);
     }
 
     /// Fold a delivery attempt whose order-free counts, except those by sender domain,
     /// are already in a [`Tally`] (merged with [`Analyzer::merge_tally`]).
     pub fn observe_tallied(&mut self, e: &AttemptView<'_>, provider: &str) {
-        self.tick(e.time);
+        let t = self.tick(e.time);
         if e.held {
             self.held += 1;
         } else if let Some(outcome) = e.outcome {
             self.tally
                 .add_sender(&self.config, e, provider, is_deferral(outcome));
-            self.ordered(e, provider, outcome);
+            self.ordered(e, t, provider, outcome);
         }
         self.after_event();
     }
@@ -559,7 +577,7 @@ impl Analyzer {
 
     /// The part of an attempt that depends on the order of the log: sessions, the
     /// recipient's retries, its end.
-    fn ordered(&mut self, e: &AttemptView<'_>, provider: &str, outcome: Outcome) {
+    fn ordered(&mut self, e: &AttemptView<'_>, t: Nanos, provider: &str, outcome: Outcome) {
         // The duplicate check's bucket is fetched from memory while the session and the
         // recipient's state are looked at.
         let delivery = (outcome == Outcome::Delivered).then(|| {
@@ -568,9 +586,9 @@ impl Analyzer {
             (message, key)
         });
         if let Some(session) = e.session {
-            self.session(e.source_ip, provider, e.time, session);
+            self.session(e.source_ip, provider, e.time, t, session);
         }
-        self.recipient(e, outcome, is_deferral(outcome), e.reply, delivery);
+        self.recipient(e, t, outcome, is_deferral(outcome), e.reply, delivery);
     }
 
     fn session(
@@ -578,11 +596,11 @@ impl Analyzer {
         source_ip: Option<std::net::IpAddr>,
         provider: &str,
         t: OffsetDateTime,
+        nanos: Nanos,
         session: &str,
     ) {
-        let bucket = t
-            .unix_timestamp()
-            .div_euclid(self.config.session_bucket_secs);
+        let bucket =
+            (nanos.div_euclid(1_000_000_000) as i64).div_euclid(self.config.session_bucket_secs);
         // Keyed by the address itself: its text is made only for an example.
         let key = (self.hasher.hash_one((source_ip, provider)), bucket);
         let session = self.hasher.hash_one(session);
@@ -606,6 +624,7 @@ impl Analyzer {
     fn recipient(
         &mut self,
         e: &AttemptView<'_>,
+        now: Nanos,
         outcome: Outcome,
         deferred: bool,
         reply: &str,
@@ -618,7 +637,7 @@ impl Analyzer {
             && state.attempts > 0
             && state.last_deferred
         {
-            let gap = (t - state.last).whole_seconds();
+            let gap = secs_between(now, state.last);
             if gap < self.config.retry_storm_secs {
                 let example = format!(
                     "{} queue {} to {}: retried {gap} s after a deferral ({})",
@@ -632,8 +651,8 @@ impl Analyzer {
         }
         if deferred {
             let state = self.open.entry(key).or_insert_with(|| RecipientState {
-                first: t,
-                last: t,
+                first: now,
+                last: now,
                 attempts: 0,
                 deferrals: 0,
                 last_deferred: false,
@@ -641,7 +660,7 @@ impl Analyzer {
             });
             let first_attempt = state.attempts == 0;
             state.attempts += 1;
-            state.last = t;
+            state.last = now;
             state.last_deferred = true;
             state.deferrals += 1;
             // The text's buffer is reused from one deferral to the next.
@@ -655,7 +674,7 @@ impl Analyzer {
                 }
                 None => first,
             };
-            self.health.retry_age[age_bucket((t - arrival).whole_seconds())] += 1;
+            self.health.retry_age[age_bucket(secs_between(now, arrival))] += 1;
             return;
         }
         // The recipient leaves the queue: one lookup removes its open state, if any (a
@@ -665,13 +684,13 @@ impl Analyzer {
         let state = match earlier {
             Some(mut s) => {
                 s.attempts += 1;
-                s.last = t;
+                s.last = now;
                 s.last_deferred = false;
                 s
             }
             None => RecipientState {
-                first: t,
-                last: t,
+                first: now,
+                last: now,
                 attempts: 1,
                 deferrals: 0,
                 last_deferred: false,
@@ -704,7 +723,7 @@ impl Analyzer {
                         state.first
                     }
                 };
-                self.health.time_to_deliver[age_bucket((t - arrival).whole_seconds())] += 1;
+                self.health.time_to_deliver[age_bucket(secs_between(now, arrival))] += 1;
                 let (message, key) = delivery.unwrap_or_else(|| self.delivery_key(e));
                 if self.delivered.check_and_insert(key) {
                     let example = format!(
@@ -788,11 +807,12 @@ impl Analyzer {
         self.since_prune = 0;
         self.max_open = self.max_open.max(self.open.len());
         let Some(now) = self.last else { return };
+        let now_nanos = self.last_nanos;
         let max_age = self.config.max_age_secs;
         self.open
-            .retain(|_, s| (now - s.last).whole_seconds() <= max_age);
+            .retain(|_, s| secs_between(now_nanos, s.last) <= max_age);
         self.arrivals
-            .retain(|_, a| (now - a.time).whole_seconds() <= max_age);
+            .retain(|_, a| secs_between(now_nanos, a.time) <= max_age);
         let bucket = now
             .unix_timestamp()
             .div_euclid(self.config.session_bucket_secs);
