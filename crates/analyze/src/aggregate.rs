@@ -472,23 +472,6 @@ impl Analyzer {
         self.after_event();
     }
 
-    /// Fetch the state an attempt on (`queue_id`, `recipient`) will touch into the cache,
-    /// ahead of [`Analyzer::observe_tallied`] (a hint: nothing changes). Called for the
-    /// next few lines of a group, so that their memory loads overlap.
-    pub fn prefetch_attempt(&self, queue_id: &str, recipient: &str) {
-        let key = self.hasher.hash_one((queue_id, recipient));
-        if let Some(state) = self.open.get(&key) {
-            mxpace_events::cache::prefetch(state.last_reply.as_ptr());
-        }
-        self.prefetch_arrival(queue_id);
-    }
-
-    /// Fetch the arrival of `queue_id` into the cache (see [`Analyzer::prefetch_attempt`]).
-    pub fn prefetch_arrival(&self, queue_id: &str) {
-        let qid = self.hasher.hash_one(queue_id);
-        std::hint::black_box(self.arrivals.get(&qid).map(|a| a.open));
-    }
-
     /// Fold one delivery attempt (an `attempt` event).
     pub fn observe_attempt(&mut self, a: &AttemptView<'_>) {
         let providers = self.providers();

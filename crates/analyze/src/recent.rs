@@ -49,7 +49,19 @@ impl RecentSet {
     /// [`RecentSet::check_and_insert`] issued a little later does not wait for memory
     /// (the table is far larger than the caches: each lookup is a miss otherwise).
     pub fn prefetch(&self, hash: u64) {
-        mxpace_events::cache::prefetch(&self.slots[self.index(hash)]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bucket: *const [u64; WAYS] = &self.slots[self.index(hash)];
+            // SAFETY: SSE is part of every x86_64 CPU, and a prefetch never faults nor
+            // reads into the program (it only warms the cache); the pointer is valid anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    bucket.cast::<i8>(),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
     }
 
     /// Remembers `hash`; returns `true` if it was already remembered (then nothing changes).

@@ -633,37 +633,6 @@ fn read_postfix_parallel(
     Ok(stats)
 }
 
-/// Lines whose state is fetched into the cache together before they are folded: their
-/// lookups in the big tables (open queue IDs, open recipients, arrivals) then wait for
-/// memory at once instead of one after the other.
-const PREFETCH_GROUP: usize = 8;
-
-/// Fetch the state that folding `item` will touch (a hint: nothing changes).
-fn prefetch(
-    item: &Item<'_>,
-    attempts: &[Attempt<'_>],
-    correlator: &Correlator,
-    analyzer: &Analyzer,
-) {
-    match item {
-        Item::Attempt(i, _) => {
-            let d = &attempts[*i as usize].delivery;
-            correlator.prefetch(d.qid);
-            if !d.held {
-                analyzer.prefetch_attempt(d.qid, d.recipient);
-            }
-        }
-        Item::Queue(_, QueueLine::From { qid, .. }, _) => {
-            correlator.prefetch(qid);
-            analyzer.prefetch_arrival(qid);
-        }
-        Item::Queue(_, QueueLine::MessageId { qid, .. } | QueueLine::Removed { qid, .. }, _) => {
-            correlator.prefetch(qid)
-        }
-        _ => {}
-    }
-}
-
 /// The ordered step for one parsed piece: stamps get their year, lines are joined by
 /// queue ID, attempts reach the analyzer as borrowed views (no event built), and the
 /// piece's tally is merged. Should a stamp's year differ from the parser thread's guess
@@ -680,74 +649,69 @@ fn fold(
     let mut queue_times = piece.queue_times.iter();
     let mut guessed_right = true;
     let mut times = Vec::with_capacity(if same_start { 0 } else { piece.attempts.len() });
-    for group in piece.items.chunks(PREFETCH_GROUP) {
-        for item in group {
-            prefetch(item, &piece.attempts, correlator, analyzer);
-        }
-        for item in group {
-            match item {
-                Item::Attempt(i, len) => {
-                    let a = &piece.attempts[*i as usize];
-                    let time = if same_start {
-                        a.time
-                    } else {
-                        let time = correlator.resolve(a.stamp);
-                        guessed_right &= time == a.time;
-                        times.push(time);
-                        time
-                    };
-                    let Some(time) = time else {
-                        stats.count(
-                            LineStatus::Skipped(SkipReason::BadTimestamp),
-                            *len as usize,
-                            0,
-                        );
-                        continue;
-                    };
-                    let context = correlator.delivery(&a.delivery);
-                    let view = AttemptView {
-                        message_id: context.map_or("", |c| c.message_id),
-                        sender: context.map_or("", |c| c.sender),
-                        sender_unknown: context.is_none(),
-                        ..a.view(time)
-                    };
-                    analyzer.observe_tallied(&view, &a.derived.provider);
-                    stats.count(LineStatus::Used, *len as usize, 1);
-                }
-                Item::Queue(stamp, line, len) => {
-                    let len = *len as usize;
-                    let parsed = queue_times.next().copied().flatten();
-                    let time = if same_start {
-                        parsed
-                    } else {
-                        correlator.resolve(*stamp)
-                    };
-                    let Some(time) = time else {
-                        stats.count(LineStatus::Skipped(SkipReason::BadTimestamp), len, 0);
-                        continue;
-                    };
-                    match *line {
-                        QueueLine::From { qid, sender, size } => {
-                            // The `received` event without building one.
-                            let announced = correlator.queued(qid, sender, size);
-                            if announced {
-                                analyzer.observe_received(time, qid);
-                            }
-                            stats.count(LineStatus::Used, len, announced as usize);
+    for item in &piece.items {
+        match item {
+            Item::Attempt(i, len) => {
+                let a = &piece.attempts[*i as usize];
+                let time = if same_start {
+                    a.time
+                } else {
+                    let time = correlator.resolve(a.stamp);
+                    guessed_right &= time == a.time;
+                    times.push(time);
+                    time
+                };
+                let Some(time) = time else {
+                    stats.count(
+                        LineStatus::Skipped(SkipReason::BadTimestamp),
+                        *len as usize,
+                        0,
+                    );
+                    continue;
+                };
+                let context = correlator.delivery(&a.delivery);
+                let view = AttemptView {
+                    message_id: context.map_or("", |c| c.message_id),
+                    sender: context.map_or("", |c| c.sender),
+                    sender_unknown: context.is_none(),
+                    ..a.view(time)
+                };
+                analyzer.observe_tallied(&view, &a.derived.provider);
+                stats.count(LineStatus::Used, *len as usize, 1);
+            }
+            Item::Queue(stamp, line, len) => {
+                let len = *len as usize;
+                let parsed = queue_times.next().copied().flatten();
+                let time = if same_start {
+                    parsed
+                } else {
+                    correlator.resolve(*stamp)
+                };
+                let Some(time) = time else {
+                    stats.count(LineStatus::Skipped(SkipReason::BadTimestamp), len, 0);
+                    continue;
+                };
+                match *line {
+                    QueueLine::From { qid, sender, size } => {
+                        // The `received` event without building one.
+                        let announced = correlator.queued(qid, sender, size);
+                        if announced {
+                            analyzer.observe_received(time, qid);
                         }
-                        ref line => {
-                            events.clear();
-                            correlator.queue_record(time, line.record(), events);
-                            stats.count(LineStatus::Used, len, events.len());
-                            for e in events.iter() {
-                                analyzer.observe(e);
-                            }
+                        stats.count(LineStatus::Used, len, announced as usize);
+                    }
+                    ref line => {
+                        events.clear();
+                        correlator.queue_record(time, line.record(), events);
+                        stats.count(LineStatus::Used, len, events.len());
+                        for e in events.iter() {
+                            analyzer.observe(e);
                         }
                     }
                 }
-                Item::Ignored(len) => stats.count(LineStatus::Ignored, *len as usize, 0),
-                Item::Skipped(r, len) => stats.count(LineStatus::Skipped(*r), *len as usize, 0),
             }
+            Item::Ignored(len) => stats.count(LineStatus::Ignored, *len as usize, 0),
+            Item::Skipped(r, len) => stats.count(LineStatus::Skipped(*r), *len as usize, 0),
         }
     }
     if same_start {

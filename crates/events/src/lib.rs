@@ -1,7 +1,6 @@
 //! The one event schema (see `docs/events.md`): the relay writes it, the readers
 //! translate foreign MTA logs into it, the analyzer reads only it.
 
-pub mod cache;
 mod schema;
 mod writer;
 

@@ -708,15 +708,6 @@ impl Correlator {
         self.years.resolve(stamp)
     }
 
-    /// Fetch the state of `qid` into the cache ahead of its line (a hint: nothing
-    /// changes). The lookup's own loads (the table's control bytes and entry) overlap with
-    /// those of the other lines of a group; the texts it points to are prefetched.
-    pub fn prefetch(&self, qid: &str) {
-        if let Some(open) = self.open.get(&qid_key(qid)) {
-            crate::cache::prefetch(open.text.as_ptr());
-        }
-    }
-
     /// Record a delivery attempt against its queue ID (which recipients are still
     /// deferred) and return what is known about its message: `None` when its qmgr line
     /// is in an earlier log (the sender is unknown, not null).
