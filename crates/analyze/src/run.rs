@@ -325,7 +325,10 @@ struct Attempt<'a> {
     time: Option<OffsetDateTime>,
     delivery: postfix::Delivery<'a>,
     mx_host: Option<Cow<'a, str>>,
-    derived: Derived<'a>,
+    /// The provider of [`Derived`]: the rest of it is counted in the piece's tally on the
+    /// parser thread and dropped there (computed again only if the piece must be tallied
+    /// again in order), so that the fold neither carries nor frees it.
+    provider: Cow<'a, str>,
 }
 
 impl<'a> Attempt<'a> {
@@ -352,11 +355,33 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// The keys of the attempt that depend only on its line.
+    fn derive<'p>(&self, providers: &'p Providers) -> Derived<'p>
+    where
+        'a: 'p,
+    {
+        let d = &self.delivery;
+        Derived::of(
+            providers,
+            d.recipient,
+            self.mx_host.as_deref(),
+            None,
+            d.reply,
+            Some(d.outcome),
+        )
+    }
+
     /// Add the attempt's order-free counts (all but those by sender domain).
-    fn tally(&self, tally: &mut Tally, config: &Config, time: OffsetDateTime) {
+    fn tally(
+        &self,
+        derived: &Derived<'_>,
+        tally: &mut Tally,
+        config: &Config,
+        time: OffsetDateTime,
+    ) {
         if !self.delivery.held {
             let view = self.view(time);
-            tally.add(config, &view, &self.derived, self.delivery.outcome, false);
+            tally.add(config, &view, derived, self.delivery.outcome, false);
         }
     }
 }
@@ -397,25 +422,18 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
                 stamp,
                 record: Record::Delivery(delivery),
             })) => {
-                let mx_host = delivery.mx_host.map(lower);
-                let derived = Derived::of(
-                    providers,
-                    delivery.recipient,
-                    mx_host.as_deref(),
-                    None,
-                    delivery.reply,
-                    Some(delivery.outcome),
-                );
-                let attempt = Attempt {
+                let mut attempt = Attempt {
                     stamp,
                     time: years.resolve(stamp),
+                    mx_host: delivery.mx_host.map(lower),
                     delivery,
-                    mx_host,
-                    derived,
+                    provider: Cow::Borrowed(""),
                 };
+                let derived = attempt.derive(providers);
                 if let Some(time) = attempt.time {
-                    attempt.tally(&mut tally, cx.config, time);
+                    attempt.tally(&derived, &mut tally, cx.config, time);
                 }
+                attempt.provider = derived.provider;
                 attempts.push(attempt);
                 Item::Attempt(attempts.len() as u32 - 1, len)
             }
@@ -676,7 +694,7 @@ fn fold(
                     sender_unknown: context.is_none(),
                     ..a.view(time)
                 };
-                analyzer.observe_tallied(&view, &a.derived.provider);
+                analyzer.observe_tallied(&view, &a.provider);
                 stats.count(LineStatus::Used, *len as usize, 1);
             }
             Item::Queue(stamp, line, len) => {
@@ -722,9 +740,10 @@ fn fold(
         return;
     }
     let mut tally = Tally::default();
+    let providers = analyzer.providers();
     for (a, time) in piece.attempts.iter().zip(times) {
         if let Some(time) = time {
-            a.tally(&mut tally, analyzer.config(), time);
+            a.tally(&a.derive(&providers), &mut tally, analyzer.config(), time);
         }
     }
     analyzer.merge_tally(tally);
