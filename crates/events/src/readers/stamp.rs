@@ -86,22 +86,31 @@ pub fn classic(s: &str) -> Option<(Stamp, &str)> {
     if b.len() < 16 || b[3] != b' ' || b[6] != b' ' || b[9] != b':' || b[12] != b':' {
         return None;
     }
-    let month = match &s[..3] {
-        "Jan" => Month::January,
-        "Feb" => Month::February,
-        "Mar" => Month::March,
-        "Apr" => Month::April,
-        "May" => Month::May,
-        "Jun" => Month::June,
-        "Jul" => Month::July,
-        "Aug" => Month::August,
-        "Sep" => Month::September,
-        "Oct" => Month::October,
-        "Nov" => Month::November,
-        "Dec" => Month::December,
+    // By bytes: a `&str` match compares the text with each name in turn (a `memcmp`
+    // call each), and this runs on every line of a classic syslog log.
+    let month = match [b[0], b[1], b[2]] {
+        [b'J', b'a', b'n'] => Month::January,
+        [b'F', b'e', b'b'] => Month::February,
+        [b'M', b'a', b'r'] => Month::March,
+        [b'A', b'p', b'r'] => Month::April,
+        [b'M', b'a', b'y'] => Month::May,
+        [b'J', b'u', b'n'] => Month::June,
+        [b'J', b'u', b'l'] => Month::July,
+        [b'A', b'u', b'g'] => Month::August,
+        [b'S', b'e', b'p'] => Month::September,
+        [b'O', b'c', b't'] => Month::October,
+        [b'N', b'o', b'v'] => Month::November,
+        [b'D', b'e', b'c'] => Month::December,
         _ => return None,
     };
-    let day = s[4..6].trim_start().parse::<u8>().ok()?;
+    // `Nov  5` or `Nov 05` (or, rarely, what `u8`'s parser accepts after the blanks).
+    let day = match (b[4], b[5]) {
+        (b' ', d) if d.is_ascii_digit() => d - b'0',
+        _ => match num2(&b[4..6]) {
+            Some(day) => day,
+            None => s[4..6].trim_start().parse::<u8>().ok()?,
+        },
+    };
     let h = num2(&b[7..9])?;
     let m = num2(&b[10..12])?;
     let sec = num2(&b[13..15])?;
@@ -210,6 +219,62 @@ fn num4(b: &[u8]) -> Option<i32> {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn classic_stamps_parse_as_the_str_matching_parser_did() {
+        fn reference(s: &str) -> Option<(Stamp, &str)> {
+            let b = s.as_bytes();
+            if b.len() < 16 || b[3] != b' ' || b[6] != b' ' || b[9] != b':' || b[12] != b':' {
+                return None;
+            }
+            let months = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let i = months.iter().position(|m| *m == &s[..3])?;
+            let month = Month::try_from(i as u8 + 1).ok()?;
+            let day = s[4..6].trim_start().parse::<u8>().ok()?;
+            let h = num2(&b[7..9])?;
+            let m = num2(&b[10..12])?;
+            let sec = num2(&b[13..15])?;
+            if h > 23 || m > 59 || sec > 60 || day == 0 || day > 31 {
+                return None;
+            }
+            let rest = s[15..].strip_prefix(' ')?;
+            let secs = h as u32 * 3600 + m as u32 * 60 + sec.min(59) as u32;
+            Some((Stamp::Yearless { month, day, secs }, rest))
+        }
+        let mut cases = vec![
+            "Nov 23 08:00:00 mx1 x".to_string(),
+            "Jan  1 00:00:05 mx1 x".into(),
+            "Feb 05 23:59:60 h x".into(),
+            "Mar +5 10:00:00 h x".into(),
+            "Apr  0 10:00:00 h x".into(),
+            "May 32 10:00:00 h x".into(),
+            "Jun 5  10:00:00 h x".into(),
+            "jul 14 10:00:00 h x".into(),
+            "Xyz 14 10:00:00 h x".into(),
+            "Aug 14 24:00:00 h x".into(),
+            "Sep 14 10:60:00 h x".into(),
+            "Oct 14 10:00:00x".into(),
+            "Dec 31 23:59:59".into(),
+            "Dec 3a 23:59:59 h".into(),
+            "Déc 31 23:59:59 h".into(),
+        ];
+        for m in [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ] {
+            for d in [" 1", " 9", "01", "10", "31", "00", " 0", "1 ", "ab"] {
+                cases.push(format!("{m} {d} 12:34:56 mx1 postfix/smtp[1]: x"));
+            }
+        }
+        for case in &cases {
+            assert_eq!(
+                format!("{:?}", classic(case)),
+                format!("{:?}", reference(case)),
+                "{case:?}"
+            );
+        }
+    }
 
     #[test]
     fn classic_stamp_gets_the_year_and_rolls_over() {
