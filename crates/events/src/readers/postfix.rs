@@ -188,7 +188,7 @@ pub fn parse_line<'a>(
     let record = if let Some(rest) = body.strip_prefix("to=<") {
         Record::Delivery(delivery(&h, qid, rest, config)?)
     } else if let Some(rest) = body.strip_prefix("from=<") {
-        let (sender, rest) = rest.split_once('>').ok_or(SkipReason::Malformed)?;
+        let (sender, rest) = split_at_gt(rest)?;
         if FINDERS.expired.find(rest.as_bytes()).is_some() {
             Record::Expired { qid, sender }
         } else if h.daemon == "qmgr" {
@@ -251,9 +251,21 @@ fn split_at_byte(s: &str, c: u8) -> Option<(&str, &str)> {
     Some((&s[..i], &s[i + 1..]))
 }
 
+/// Split an address field's rest at its closing `>` (memchr: a `char` pattern's
+/// searcher costs more than the search on these short texts).
+fn split_at_gt(s: &str) -> Result<(&str, &str), SkipReason> {
+    let i = memchr::memchr(b'>', s.as_bytes()).ok_or(SkipReason::Malformed)?;
+    Ok((&s[..i], &s[i + 1..]))
+}
+
 /// Value of `size=` in a `, `-separated field list.
 fn size_field(s: &str) -> Option<&str> {
-    let i = FINDERS.size.find(s.as_bytes())?;
+    // qmgr writes `from=<...>, size=N, ...`: the field is usually right there.
+    let i = if s.starts_with(", size=") {
+        2
+    } else {
+        FINDERS.size.find(s.as_bytes())?
+    };
     let v = &s[i + "size=".len()..];
     let end = v.bytes().position(|b| b == b',' || b == b' ');
     Some(&v[..end.unwrap_or(v.len())])
@@ -265,7 +277,7 @@ fn delivery<'a>(
     rest: &'a str,
     config: &ReaderConfig,
 ) -> Result<Delivery<'a>, SkipReason> {
-    let (recipient, mut rest) = rest.split_once('>').ok_or(SkipReason::Malformed)?;
+    let (recipient, mut rest) = split_at_gt(rest)?;
     let mut d = Delivery {
         qid,
         recipient,
@@ -392,7 +404,6 @@ struct Finders {
     size: memchr::memmem::Finder<'static>,
     said: memchr::memmem::Finder<'static>,
     refused: memchr::memmem::Finder<'static>,
-    in_reply_to: memchr::memmem::FinderRev<'static>,
 }
 
 static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finders {
@@ -400,8 +411,19 @@ static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finde
     size: memchr::memmem::Finder::new("size="),
     said: memchr::memmem::Finder::new(" said: "),
     refused: memchr::memmem::Finder::new(" refused to talk to me: "),
-    in_reply_to: memchr::memmem::FinderRev::new(" (in reply to "),
 });
+
+/// Where the last ` (in reply to ` of `s` starts. Each occurrence has its `(` one byte in,
+/// so the `(`s are tried from the end (memrchr: a reverse substring search has no
+/// vectorised path and cost more than the rest of the line's parsing together).
+fn last_in_reply_to(s: &str) -> Option<usize> {
+    const NEEDLE: &[u8] = b" (in reply to ";
+    let b = s.as_bytes();
+    memchr::memrchr_iter(b'(', b)
+        .filter(|&i| i > 0)
+        .map(|i| i - 1)
+        .find(|&start| b[start..].starts_with(NEEDLE))
+}
 
 /// The server's reply inside a Postfix reason, e.g.
 /// `host H[IP] said: 451 4.7.500 ... (in reply to RCPT TO command)` → `451 4.7.500 ...`.
@@ -414,7 +436,7 @@ fn reply_of(reason: &str) -> &str {
         .or_else(|| FINDERS.refused.find(b).map(|i| i + 24))
         .unwrap_or(0);
     let body = &reason[start..];
-    match FINDERS.in_reply_to.rfind(body.as_bytes()) {
+    match last_in_reply_to(body) {
         Some(end) if start > 0 => &body[..end],
         _ => body,
     }
@@ -461,6 +483,33 @@ mod key_tests {
         ] {
             assert_eq!(parse_ip(s), s.parse().ok(), "{s:?}");
         }
+    }
+
+    #[test]
+    fn the_last_in_reply_to_is_found_as_a_reverse_substring_search_finds_it() {
+        for s in [
+            "",
+            "(",
+            " (in reply to ",
+            "x (in reply to RCPT TO command)",
+            "451 4.7.500 busy (S77714) [h] (in reply to RCPT TO command)",
+            "a (in reply to b) (in reply to c)",
+            "(in reply to x)",
+            "a  (in reply to x) (S1)",
+            "a (in reply to",
+            "((((",
+        ] {
+            assert_eq!(
+                super::last_in_reply_to(s),
+                memchr::memmem::rfind(s.as_bytes(), b" (in reply to "),
+                "{s:?}"
+            );
+        }
+        assert_eq!(super::size_field(", size=4001, nrcpt=1"), Some("4001"));
+        assert_eq!(super::size_field(", nrcpt=1, size=12"), Some("12"));
+        assert_eq!(super::size_field(", nrcpt=1"), None);
+        assert_eq!(super::split_at_gt("a@b>, x").unwrap(), ("a@b", ", x"));
+        assert!(super::split_at_gt("a@b").is_err());
     }
 
     #[test]
