@@ -415,9 +415,21 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
     let mut tally = Tally::default();
     let mut years = cx.years.clone();
     let mut queue_times = Vec::with_capacity(piece.len() / 250 + 1);
+    // Most pieces are plain text: checked once here, not line by line by the parser.
+    let text = readers::clean_text(piece);
     for line in lines(piece) {
         let len = line.len() as u32;
-        items.push(match postfix::parse_line(line, cx.reader) {
+        let parsed = match text {
+            Some(text) => {
+                let at = line.as_ptr() as usize - piece.as_ptr() as usize;
+                match text.get(at..at + line.len()) {
+                    Some(line) => postfix::parse_text(line, cx.reader),
+                    None => postfix::parse_line(line, cx.reader),
+                }
+            }
+            None => postfix::parse_line(line, cx.reader),
+        };
+        items.push(match parsed {
             Ok(Some(Parsed {
                 stamp,
                 record: Record::Delivery(delivery),

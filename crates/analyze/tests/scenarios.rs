@@ -313,6 +313,55 @@ fn parallel_and_sequential_reads_give_the_same_report() {
     }
 }
 
+/// The parser threads check each piece as text once and parse its lines without checking
+/// each again; pieces with binary bytes, bad UTF-8 or CRLF line ends fall back to the
+/// line-by-line check. Both must count and parse exactly as the sequential read does.
+#[test]
+fn pieces_with_binary_lines_or_crlf_ends_read_as_in_a_sequential_read() {
+    let mut s = base();
+    s.minutes = 20;
+    let (dir, _) = write_log(&s);
+    let path = dir.path().join("mail.log");
+    let text = std::fs::read(&path).unwrap();
+    let mut mixed = Vec::with_capacity(text.len() + 4096);
+    let mut bad = 0;
+    for (i, line) in text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        mixed.extend_from_slice(line);
+        match i % 997 {
+            // A delivery line written with a CRLF end: parsed as without it.
+            100 => mixed.extend_from_slice(b"\r\n"),
+            300 => {
+                mixed.extend_from_slice(b"\n\x00\x01\x02 binary\n");
+                bad += 1;
+            }
+            700 => {
+                mixed.extend_from_slice(b"\nNov 23 10:00:01 mx1 postfix/smtp[3]: \xff\xfe\n");
+                bad += 1;
+            }
+            _ => mixed.push(b'\n'),
+        }
+    }
+    assert!(bad >= 4, "the log must hold several bad lines");
+    std::fs::write(&path, &mixed).unwrap();
+    let sequential = report_json(&path, false, 64 * 1024);
+    assert_eq!(
+        sequential["input"]["skipped"]["binary"], bad,
+        "{}",
+        sequential["input"]
+    );
+    for chunk in [4096, 64 * 1024] {
+        let parallel = report_json(&path, true, chunk);
+        assert!(
+            parallel == sequential,
+            "chunks of {chunk} bytes: the parallel report differs from the sequential one"
+        );
+    }
+}
+
 fn same_report_in_every_mode(name: &str, s: &Scenario) {
     let (dir, truth) = write_log(s);
     let path = dir.path().join("mail.log");

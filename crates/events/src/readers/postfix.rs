@@ -174,7 +174,13 @@ pub fn parse_line<'a>(
     line: &'a [u8],
     config: &ReaderConfig,
 ) -> Result<Option<Parsed<'a>>, SkipReason> {
-    let s = text(line)?;
+    parse_text(text(line)?, config)
+}
+
+/// [`parse_line`] for a line already known to be text: valid UTF-8 without control
+/// characters but tabs, and without its line end (e.g. cut from a block that passed
+/// [`super::clean_text`]).
+pub fn parse_text<'a>(s: &'a str, config: &ReaderConfig) -> Result<Option<Parsed<'a>>, SkipReason> {
     let h = header(s)?;
     if !h.syslog_name.starts_with("postfix") && !config.source_map.contains_key(h.syslog_name) {
         return Ok(None);

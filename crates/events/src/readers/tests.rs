@@ -296,3 +296,20 @@ fn detection_picks_each_format_and_refuses_garbage() {
     assert_eq!(detect(b"hello world\n\x00\x01\x02\nanother line\n"), None);
     assert_eq!(detect(b""), None);
 }
+
+#[test]
+fn a_block_is_clean_text_only_if_each_of_its_lines_would_be() {
+    use super::clean_text;
+    assert_eq!(clean_text(b"a\tb\nc d\n"), Some("a\tb\nc d\n"));
+    assert_eq!(clean_text("caf\u{e9}\n".as_bytes()), Some("caf\u{e9}\n"));
+    assert_eq!(clean_text(b""), Some(""));
+    for dirty in [
+        &b"a\r\nb\n"[..],
+        b"a\nb\x00c\n",
+        b"a\x1bb",
+        b"\xff\xfe\n",
+        b"caf\xc3",
+    ] {
+        assert_eq!(clean_text(dirty), None, "{dirty:?}");
+    }
+}
