@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use time::OffsetDateTime;
 
+/// A map by text key in which a count is bumped by a borrowed key (`entry_ref`): one
+/// lookup, and the key is allocated only when it is new (several per attempt).
+pub type KeyMap<V> = hashbrown::HashMap<String, V, rustc_hash::FxBuildHasher>;
+
 /// Buckets of the recent-deliveries table for the duplicate-delivery check: 2^18 × 8 =
 /// 2 097 152 (message, recipient) fingerprints, 16 MiB whatever the size of the log. A
 /// delivery stays until 8 later ones land in its bucket: a duplicate after 500 000 other
@@ -242,7 +246,7 @@ impl<'a> Derived<'a> {
 pub struct Cell {
     pub total: Counts,
     /// Per [`CELL_DIMENSIONS`] entry: key → counts.
-    pub by: [HashMap<String, Counts>; 5],
+    pub by: [KeyMap<Counts>; 5],
     pub samples: Vec<Sample>,
 }
 
@@ -370,8 +374,8 @@ pub struct Analyzer {
 
 /// The text of one sending IP and of its path to each provider.
 struct IpNames {
-    ip: std::sync::Arc<str>,
-    paths: HashMap<String, std::sync::Arc<str>>,
+    ip: String,
+    paths: KeyMap<String>,
 }
 
 impl Analyzer {
@@ -592,7 +596,7 @@ impl Analyzer {
         let n = set.len();
         let limit = self.config.providers.max_connections(provider) as usize;
         if n > limit && self.flagged_sessions.insert(key) {
-            let (ip, _) = self.tally.ip_and_path(source_ip, provider);
+            let (ip, _) = ip_and_path(&mut self.tally.ip_names, source_ip, provider);
             let example = format!(
                 "{} {ip} → {provider}: {n} parallel sessions within {} s (limit {limit})",
                 rfc3339(t),
@@ -815,11 +819,11 @@ fn is_deferral(outcome: Outcome) -> bool {
 #[derive(Default)]
 pub struct Tally {
     /// Per dimension (indexed by `Dimension as usize`): key → counts.
-    pub(crate) segments: [HashMap<String, Counts>; 8],
+    pub(crate) segments: [KeyMap<Counts>; 8],
     /// provider → window start (unix s) → cell.
-    pub(crate) cells: HashMap<String, BTreeMap<i64, Cell>>,
+    pub(crate) cells: KeyMap<BTreeMap<i64, Cell>>,
     /// provider → template → stats (two levels, so that a lookup borrows both texts).
-    pub(crate) templates: HashMap<String, HashMap<String, TemplateStats>>,
+    pub(crate) templates: KeyMap<KeyMap<TemplateStats>>,
     /// Text of each sending IP and of its paths, made once.
     ip_names: HashMap<Option<std::net::IpAddr>, IpNames>,
 }
@@ -843,14 +847,14 @@ impl Tally {
         let region = derived.region.as_deref();
         let sender_domain = domain_lower(e.sender);
         let reply = e.reply;
-        let (ip, path) = self.ip_and_path(e.source_ip, provider);
+        let (ip, path) = ip_and_path(&mut self.ip_names, e.source_ip, provider);
         let stream = e.stream;
         let sender_key = sender_key(e, &sender_domain);
 
         let keys: [(Dimension, Option<&str>); 8] = [
             (Dimension::Provider, Some(provider)),
-            (Dimension::Path, Some(&path)),
-            (Dimension::SourceIp, Some(&ip)),
+            (Dimension::Path, Some(path)),
+            (Dimension::SourceIp, Some(ip)),
             (Dimension::SenderDomain, with_sender.then_some(sender_key)),
             (Dimension::RecipientDomain, Some(rcpt_domain)),
             (Dimension::MxHost, e.mx_host),
@@ -866,7 +870,7 @@ impl Tally {
         let cell = cell_mut(&mut self.cells, config, provider, t);
         cell.total.add(deferred);
         let cell_keys = [
-            Some(&*ip),
+            Some(ip),
             with_sender.then_some(sender_domain.as_ref()),
             Some(rcpt_domain),
             region,
@@ -889,31 +893,25 @@ impl Tally {
             cell.samples.push(sample());
         }
         if let Some(template) = &derived.template {
-            if !self.templates.contains_key(provider) {
-                self.templates
-                    .insert(provider.to_string(), HashMap::default());
-            }
-            let templates = self.templates.get_mut(provider).expect("inserted above");
-            match templates.get_mut(template.as_str()) {
-                Some(stats) => {
+            let templates = self.templates.entry_ref(provider).or_default();
+            match templates.entry_ref(template.as_str()) {
+                hashbrown::hash_map::EntryRef::Occupied(mut stats) => {
+                    let stats = stats.get_mut();
                     stats.count += 1;
                     stats.deferred += deferred as u64;
                 }
-                None => {
+                hashbrown::hash_map::EntryRef::Vacant(slot) => {
                     let verdict = e
                         .verdict
                         .cloned()
                         .unwrap_or_else(|| mxpace_reply::explain(reply, e.mx_host));
-                    templates.insert(
-                        template.clone(),
-                        TemplateStats {
-                            provider: provider.to_string(),
-                            count: 1,
-                            deferred: deferred as u64,
-                            sample: sample(),
-                            verdict,
-                        },
-                    );
+                    slot.insert(TemplateStats {
+                        provider: provider.to_string(),
+                        count: 1,
+                        deferred: deferred as u64,
+                        sample: sample(),
+                        verdict,
+                    });
                 }
             }
         }
@@ -974,30 +972,24 @@ impl Tally {
             }
         }
     }
+}
 
-    /// The text of a sending IP and of its path to `provider`, made once per pair.
-    fn ip_and_path(
-        &mut self,
-        source_ip: Option<std::net::IpAddr>,
-        provider: &str,
-    ) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
-        let names = self.ip_names.entry(source_ip).or_insert_with(|| IpNames {
-            ip: source_ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_else(|| "unknown".into())
-                .into(),
-            paths: HashMap::default(),
-        });
-        let path = match names.paths.get(provider) {
-            Some(path) => path.clone(),
-            None => {
-                let path: std::sync::Arc<str> = format!("{} → {provider}", names.ip).into();
-                names.paths.insert(provider.to_string(), path.clone());
-                path
-            }
-        };
-        (names.ip.clone(), path)
-    }
+/// The text of a sending IP and of its path to `provider`, made once per pair.
+fn ip_and_path<'t>(
+    names: &'t mut HashMap<Option<std::net::IpAddr>, IpNames>,
+    source_ip: Option<std::net::IpAddr>,
+    provider: &str,
+) -> (&'t str, &'t str) {
+    let names = names.entry(source_ip).or_insert_with(|| IpNames {
+        ip: source_ip.map_or_else(|| "unknown".into(), |ip| ip.to_string()),
+        paths: KeyMap::default(),
+    });
+    let ip = &names.ip;
+    let path = names
+        .paths
+        .entry_ref(provider)
+        .or_insert_with(|| format!("{ip} → {provider}"));
+    (ip, path)
 }
 
 /// The segment key of the sender: its domain, `<>` for the null sender, `unknown` when
@@ -1014,31 +1006,21 @@ fn sender_key<'a>(e: &AttemptView<'_>, sender_domain: &'a str) -> &'a str {
 
 /// The cell of `provider` for the window holding `t`, created if new.
 fn cell_mut<'m>(
-    cells: &'m mut HashMap<String, BTreeMap<i64, Cell>>,
+    cells: &'m mut KeyMap<BTreeMap<i64, Cell>>,
     config: &Config,
     provider: &str,
     t: OffsetDateTime,
 ) -> &'m mut Cell {
     let window = t.unix_timestamp().div_euclid(config.window_secs) * config.window_secs;
-    if !cells.contains_key(provider) {
-        cells.insert(provider.to_string(), BTreeMap::new());
-    }
     cells
-        .get_mut(provider)
-        .expect("inserted above")
+        .entry_ref(provider)
+        .or_default()
         .entry(window)
         .or_default()
 }
 
-fn bump(map: &mut HashMap<String, Counts>, key: &str, deferred: bool) {
-    match map.get_mut(key) {
-        Some(c) => c.add(deferred),
-        None => {
-            let mut c = Counts::default();
-            c.add(deferred);
-            map.insert(key.to_string(), c);
-        }
-    }
+fn bump(map: &mut KeyMap<Counts>, key: &str, deferred: bool) {
+    map.entry_ref(key).or_default().add(deferred);
 }
 
 /// The domain of an address, lower-cased, borrowed when it already is (same result as
