@@ -1026,8 +1026,14 @@ fn bump(map: &mut KeyMap<Counts>, key: &str, deferred: bool) {
 /// The domain of an address, lower-cased, borrowed when it already is (same result as
 /// [`mxpace_events::readers::domain_of`]).
 fn domain_lower(address: &str) -> Cow<'_, str> {
-    match address.rsplit_once('@') {
-        Some((_, d)) => lower(d.trim_end_matches('>')),
+    // By bytes (memrchr, a byte trim): `char` patterns cost several times more here, on
+    // every attempt's recipient and sender.
+    match memchr::memrchr(b'@', address.as_bytes()) {
+        Some(at) => {
+            let d = &address.as_bytes()[at + 1..];
+            let end = d.iter().rposition(|&b| b != b'>').map_or(0, |i| i + 1);
+            lower(&address[at + 1..at + 1 + end])
+        }
         None => Cow::Borrowed(""),
     }
 }
@@ -1069,4 +1075,31 @@ fn truncate(s: &str, max: usize) -> String {
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn domains_are_cut_as_the_char_pattern_cut_them() {
+        fn reference(address: &str) -> String {
+            match address.rsplit_once('@') {
+                Some((_, d)) => d.trim_end_matches('>').to_ascii_lowercase(),
+                None => String::new(),
+            }
+        }
+        for a in [
+            "",
+            "a@example.com",
+            "A@Example.COM",
+            "a@b@c.example",
+            "x@y.example>>",
+            "x@>>",
+            "@",
+            "no-at",
+            "é@dömain.example>",
+            "a@b>c",
+        ] {
+            assert_eq!(super::domain_lower(a), reference(a), "{a:?}");
+        }
+    }
 }

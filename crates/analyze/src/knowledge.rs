@@ -263,22 +263,39 @@ pub fn basic_code(reply: &str) -> Option<u16> {
 /// The Microsoft receiving host named in a reply (`[BL6PEPF0001AB50.namprd04.prod.outlook.com …]`
 /// or `Hostname=…`) and its datacenter/region label (`namprd04`, `eop-nam11`).
 pub fn microsoft_host(reply: &str) -> Option<(&str, &str)> {
-    // Runs on every attempt: memmem with the needles' searchers built once.
-    static OUTLOOK: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
-        std::sync::LazyLock::new(|| {
-            [
-                memchr::memmem::Finder::new(".prod.outlook.com"),
-                memchr::memmem::Finder::new(".prod.protection.outlook.com"),
-            ]
-        });
-    let at = OUTLOOK[0]
-        .find(reply.as_bytes())
-        .or_else(|| OUTLOOK[1].find(reply.as_bytes()))?;
-    let start = reply[..at].rfind(['[', ' ', '=', '(']).map_or(0, |i| i + 1);
-    let tail = &reply[at..];
-    let end = at + tail.find([' ', ']', ',', ')']).unwrap_or(tail.len());
+    // Runs on every attempt: one memmem scan (its searcher built once), then byte scans;
+    // `char` patterns and a second scan for the other suffix cost several times more.
+    static OUTLOOK: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("outlook.com"));
+    const PROD: &str = ".prod.";
+    const PROTECTION: &str = ".prod.protection.";
+    let before = |i: usize, s: &str| i >= s.len() && reply[..i].ends_with(s);
+    // The first `.prod.outlook.com`, else the first `.prod.protection.outlook.com`.
+    let mut protection = None;
+    let mut prod = None;
+    for i in OUTLOOK.find_iter(reply.as_bytes()) {
+        if before(i, PROD) {
+            prod = Some(i - PROD.len());
+            break;
+        }
+        if protection.is_none() && before(i, PROTECTION) {
+            protection = Some(i - PROTECTION.len());
+        }
+    }
+    let at = prod.or(protection)?;
+    let b = reply.as_bytes();
+    let start = b[..at]
+        .iter()
+        .rposition(|c| matches!(c, b'[' | b' ' | b'=' | b'('))
+        .map_or(0, |i| i + 1);
+    let end = b[at..]
+        .iter()
+        .position(|c| matches!(c, b' ' | b']' | b',' | b')'))
+        .map_or(b.len(), |i| at + i);
     let host = &reply[start..end];
-    let region = host.split('.').nth(1)?;
+    let first_dot = memchr::memchr(b'.', host.as_bytes())?;
+    let rest = &host[first_dot + 1..];
+    let region = &rest[..memchr::memchr(b'.', rest.as_bytes()).unwrap_or(rest.len())];
     Some((host, region))
 }
 
@@ -324,6 +341,35 @@ mod tests {
             template("250 2.0.0 OK 1732356001 x1-20020a05.2 - gsmtp"),
             "250 2.0.0 OK <id> <host> - gsmtp"
         );
+    }
+
+    #[test]
+    fn microsoft_hosts_are_found_as_the_two_searches_found_them() {
+        fn reference(reply: &str) -> Option<(&str, &str)> {
+            let at = reply
+                .find(".prod.outlook.com")
+                .or_else(|| reply.find(".prod.protection.outlook.com"))?;
+            let start = reply[..at].rfind(['[', ' ', '=', '(']).map_or(0, |i| i + 1);
+            let tail = &reply[at..];
+            let end = at + tail.find([' ', ']', ',', ')']).unwrap_or(tail.len());
+            let host = &reply[start..end];
+            Some((host, host.split('.').nth(1)?))
+        }
+        for r in [
+            "",
+            "250 2.0.0 Ok: queued as 4Qz8Lb1Xyz9abc",
+            "451 4.7.500 Server busy. (S77714) [BL6PEPF0001AB50.namprd04.prod.outlook.com 2026-11-23T10:00:01Z 08DE]",
+            "451 4.7.651 (S844) [DM6NAM11FT088.eop-nam11.prod.protection.outlook.com 2023]",
+            "x Hostname=AM0PR01MB1234.eurprd01.prod.outlook.com, y",
+            "a.prod.protection.outlook.com then b.c.prod.outlook.com",
+            ".prod.outlook.com",
+            "(x.prod.outlook.com)",
+            "mail.protection.outlook.com only",
+            "prod.outlook.com",
+            "é [ü.région.prod.outlook.com]",
+        ] {
+            assert_eq!(microsoft_host(r), reference(r), "{r:?}");
+        }
     }
 
     #[test]
