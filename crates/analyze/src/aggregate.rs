@@ -372,12 +372,6 @@ pub struct Analyzer {
     providers: std::sync::Arc<Providers>,
 }
 
-/// The text of one sending IP and of its path to each provider.
-struct IpNames {
-    ip: String,
-    paths: KeyMap<String>,
-}
-
 impl Analyzer {
     /// An empty analysis.
     pub fn new(config: Config) -> Self {
@@ -596,7 +590,7 @@ impl Analyzer {
         let n = set.len();
         let limit = self.config.providers.max_connections(provider) as usize;
         if n > limit && self.flagged_sessions.insert(key) {
-            let (ip, _) = ip_and_path(&mut self.tally.ip_names, source_ip, provider);
+            let ip = ip_name(&mut self.tally.ip_names, source_ip);
             let example = format!(
                 "{} {ip} → {provider}: {n} parallel sessions within {} s (limit {limit})",
                 rfc3339(t),
@@ -818,17 +812,68 @@ fn is_deferral(outcome: Outcome) -> bool {
 /// whole. The parser threads keep one per piece of the log.
 #[derive(Default)]
 pub struct Tally {
-    /// Per dimension (indexed by `Dimension as usize`): key → counts.
-    pub(crate) segments: [KeyMap<Counts>; 8],
+    /// Per dimension (indexed by `Dimension as usize`): key → counts, kept only for the
+    /// dimensions the cells do not hold ([`Tally::STORED`]); the others are sums over the
+    /// cells, made by [`Tally::segment`] when a report asks (fewer map updates per
+    /// attempt: this runs on every attempt).
+    segments: [KeyMap<Counts>; 8],
     /// provider → window start (unix s) → cell.
     pub(crate) cells: KeyMap<BTreeMap<i64, Cell>>,
     /// provider → template → stats (two levels, so that a lookup borrows both texts).
     pub(crate) templates: KeyMap<KeyMap<TemplateStats>>,
-    /// Text of each sending IP and of its paths, made once.
-    ip_names: HashMap<Option<std::net::IpAddr>, IpNames>,
+    /// Text of each sending IP, made once.
+    ip_names: HashMap<Option<std::net::IpAddr>, String>,
 }
 
 impl Tally {
+    /// The dimensions whose counts are kept as such: the sender's segment key differs from
+    /// the cells' (`<>`, `unknown`), and receiving hosts are not in the cells.
+    const STORED: [Dimension; 2] = [Dimension::SenderDomain, Dimension::MxHost];
+
+    /// The counts by `dim`: key → counts over the whole log.
+    pub fn segment(&self, dim: Dimension) -> std::borrow::Cow<'_, KeyMap<Counts>> {
+        let by = |i: usize| {
+            let mut out = KeyMap::<Counts>::default();
+            for cell in self.cells.values().flat_map(BTreeMap::values) {
+                for (key, c) in &cell.by[i] {
+                    out.entry_ref(key.as_str()).or_default().merge(*c);
+                }
+            }
+            out
+        };
+        std::borrow::Cow::Owned(match dim {
+            Dimension::SenderDomain | Dimension::MxHost => {
+                return std::borrow::Cow::Borrowed(&self.segments[dim as usize]);
+            }
+            Dimension::Provider => self
+                .cells
+                .iter()
+                .map(|(provider, windows)| {
+                    let mut total = Counts::default();
+                    windows.values().for_each(|c| total.merge(c.total));
+                    (provider.clone(), total)
+                })
+                .collect(),
+            Dimension::Path => {
+                let mut out = KeyMap::<Counts>::default();
+                for (provider, windows) in &self.cells {
+                    for cell in windows.values() {
+                        for (ip, c) in &cell.by[0] {
+                            out.entry(format!("{ip} → {provider}"))
+                                .or_default()
+                                .merge(*c);
+                        }
+                    }
+                }
+                out
+            }
+            Dimension::SourceIp => by(0),
+            Dimension::RecipientDomain => by(2),
+            Dimension::Region => by(3),
+            Dimension::Stream => by(4),
+        })
+    }
+
     /// Count one attempt (not held; `outcome` is `e.outcome`). Without `with_sender` the
     /// counts by sender domain are left out (they need the queue's correlation, which
     /// is done in order; see [`Tally::add_sender`]).
@@ -847,21 +892,12 @@ impl Tally {
         let region = derived.region.as_deref();
         let sender_domain = domain_lower(e.sender);
         let reply = e.reply;
-        let (ip, path) = ip_and_path(&mut self.ip_names, e.source_ip, provider);
+        let ip = ip_name(&mut self.ip_names, e.source_ip);
         let stream = e.stream;
         let sender_key = sender_key(e, &sender_domain);
 
-        let keys: [(Dimension, Option<&str>); 8] = [
-            (Dimension::Provider, Some(provider)),
-            (Dimension::Path, Some(path)),
-            (Dimension::SourceIp, Some(ip)),
-            (Dimension::SenderDomain, with_sender.then_some(sender_key)),
-            (Dimension::RecipientDomain, Some(rcpt_domain)),
-            (Dimension::MxHost, e.mx_host),
-            (Dimension::Region, region),
-            (Dimension::Stream, stream),
-        ];
-        for (dim, key) in keys {
+        let keys = [with_sender.then_some(sender_key), e.mx_host];
+        for (dim, key) in Self::STORED.into_iter().zip(keys) {
             if let Some(key) = key {
                 bump(&mut self.segments[dim as usize], key, deferred);
             }
@@ -974,22 +1010,14 @@ impl Tally {
     }
 }
 
-/// The text of a sending IP and of its path to `provider`, made once per pair.
-fn ip_and_path<'t>(
-    names: &'t mut HashMap<Option<std::net::IpAddr>, IpNames>,
+/// The text of a sending IP, made once per address.
+fn ip_name(
+    names: &mut HashMap<Option<std::net::IpAddr>, String>,
     source_ip: Option<std::net::IpAddr>,
-    provider: &str,
-) -> (&'t str, &'t str) {
-    let names = names.entry(source_ip).or_insert_with(|| IpNames {
-        ip: source_ip.map_or_else(|| "unknown".into(), |ip| ip.to_string()),
-        paths: KeyMap::default(),
-    });
-    let ip = &names.ip;
-    let path = names
-        .paths
-        .entry_ref(provider)
-        .or_insert_with(|| format!("{ip} → {provider}"));
-    (ip, path)
+) -> &str {
+    names
+        .entry(source_ip)
+        .or_insert_with(|| source_ip.map_or_else(|| "unknown".into(), |ip| ip.to_string()))
 }
 
 /// The segment key of the sender: its domain, `<>` for the null sender, `unknown` when
@@ -1101,5 +1129,63 @@ mod tests {
         ] {
             assert_eq!(super::domain_lower(a), reference(a), "{a:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+
+    /// Segments the cells hold are sums over the cells: across windows, providers and IPs
+    /// they must count each attempt once, as a direct count would.
+    #[test]
+    fn segments_summed_from_the_cells_count_each_attempt_once() {
+        let mut analyzer = Analyzer::new(Config::default());
+        let start = OffsetDateTime::from_unix_timestamp(1_795_420_800).unwrap();
+        let attempts = [
+            (0, "198.51.100.1", "a@contoso.com", Outcome::Deferred),
+            (60, "198.51.100.1", "b@contoso.com", Outcome::Delivered),
+            (7200, "198.51.100.2", "c@contoso.com", Outcome::Deferred),
+            (7260, "198.51.100.2", "d@gmail.com", Outcome::Delivered),
+        ];
+        for (i, (secs, ip, rcpt, outcome)) in attempts.into_iter().enumerate() {
+            let mut e = Event::new(EventType::Attempt, start + time::Duration::seconds(secs));
+            e.queue_id = format!("Q{i}");
+            e.recipient = rcpt.into();
+            e.source_ip = ip.parse().ok();
+            e.outcome = Some(outcome);
+            e.reply = Some("451 4.7.500 Server busy".into());
+            analyzer.observe(&e);
+        }
+        let seg = |dim| {
+            let mut rows: Vec<(String, u64, u64)> = analyzer
+                .tally
+                .segment(dim)
+                .iter()
+                .map(|(k, c)| (k.clone(), c.attempts, c.deferred))
+                .collect();
+            rows.sort();
+            rows
+        };
+        let provider = |d: &str| Config::default().providers.recognise(None, d).to_string();
+        let (ms, google) = (provider("contoso.com"), provider("gmail.com"));
+        let mut by_provider = vec![(ms.clone(), 3, 2), (google.clone(), 1, 0)];
+        by_provider.sort();
+        assert_eq!(seg(Dimension::Provider), by_provider);
+        assert_eq!(
+            seg(Dimension::SourceIp),
+            [("198.51.100.1".into(), 2, 1), ("198.51.100.2".into(), 2, 1)]
+        );
+        let mut paths = vec![
+            (format!("198.51.100.1 → {ms}"), 2, 1),
+            (format!("198.51.100.2 → {ms}"), 1, 1),
+            (format!("198.51.100.2 → {google}"), 1, 0),
+        ];
+        paths.sort();
+        assert_eq!(seg(Dimension::Path), paths);
+        assert_eq!(
+            seg(Dimension::RecipientDomain),
+            [("contoso.com".into(), 3, 2), ("gmail.com".into(), 1, 0)]
+        );
     }
 }

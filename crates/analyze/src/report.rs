@@ -158,7 +158,7 @@ impl Report {
         };
         let mut segments = Vec::new();
         for dim in Dimension::ALL {
-            let map = &analyzer.tally.segments[dim as usize];
+            let map = analyzer.tally.segment(dim);
             let mut rows: Vec<(&String, &Counts)> = map.iter().collect();
             rows.sort_by(|a, b| {
                 b.1.deferred
