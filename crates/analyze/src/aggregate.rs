@@ -320,7 +320,21 @@ type Nanos = i128;
 /// Whole seconds from `earlier` to `later`, truncated towards zero (as
 /// `(later - earlier).whole_seconds()` on the instants).
 fn secs_between(later: Nanos, earlier: Nanos) -> i64 {
-    ((later - earlier) / 1_000_000_000) as i64
+    // In 64 bits when it fits (±292 years, i.e. always in a real log): a 128-bit division
+    // is a library call, a 64-bit one by a constant a multiplication.
+    let d = later - earlier;
+    match i64::try_from(d) {
+        Ok(d) => d / 1_000_000_000,
+        Err(_) => (d / 1_000_000_000) as i64,
+    }
+}
+
+/// Whole seconds since the epoch, rounded down (as `unix_timestamp`).
+fn unix_secs(t: Nanos) -> i64 {
+    match i64::try_from(t) {
+        Ok(t) => t.div_euclid(1_000_000_000),
+        Err(_) => t.div_euclid(1_000_000_000) as i64,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -580,8 +594,7 @@ impl Analyzer {
         nanos: Nanos,
         session: &str,
     ) {
-        let bucket =
-            (nanos.div_euclid(1_000_000_000) as i64).div_euclid(self.config.session_bucket_secs);
+        let bucket = unix_secs(nanos).div_euclid(self.config.session_bucket_secs);
         // Keyed by the address itself: its text is made only for an example.
         let key = (self.hasher.hash_one((source_ip, provider)), bucket);
         let session = self.hasher.hash_one(session);
@@ -1128,6 +1141,30 @@ mod tests {
             "a@b>c",
         ] {
             assert_eq!(super::domain_lower(a), reference(a), "{a:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn seconds_between_nanosecond_instants_match_the_date_arithmetic() {
+        let t = |s: i64, ns: i64| {
+            OffsetDateTime::from_unix_timestamp(s).unwrap() + time::Duration::nanoseconds(ns)
+        };
+        let pairs = [
+            (t(1_795_420_800, 0), t(1_795_420_800, 0)),
+            (t(1_795_420_810, 200), t(1_795_420_800, 900)),
+            (t(1_795_420_800, 900), t(1_795_420_810, 200)),
+            (t(-10, 5), t(3, 7)),
+            (t(253_402_300_799, 0), t(-62_135_596_800, 1)), // year 9999 and year 1
+        ];
+        for (a, b) in pairs {
+            let (na, nb) = (a.unix_timestamp_nanos(), b.unix_timestamp_nanos());
+            assert_eq!(secs_between(na, nb), (a - b).whole_seconds(), "{a} {b}");
+            assert_eq!(unix_secs(na), a.unix_timestamp(), "{a}");
         }
     }
 }
