@@ -153,7 +153,7 @@ impl Providers {
 pub fn template(reply: &str) -> String {
     let mut out = String::with_capacity(reply.len().min(160));
     let mut last_placeholder = "";
-    for (i, token) in reply.split_ascii_whitespace().enumerate() {
+    for (i, token) in words(reply).enumerate() {
         let inner = trim_punctuation(token);
         let is_code = i == 0 && inner.len() == 3 && inner.bytes().all(|b| b.is_ascii_digit());
         let keep =
@@ -231,11 +231,35 @@ fn push_word(out: &mut String, word: &str) {
 
 /// `4.7.500`, `5.1.1`.
 fn is_enhanced(s: &str) -> bool {
-    let mut parts = s.split('.');
-    let class = parts.next().unwrap_or("");
-    matches!(class, "2" | "4" | "5")
-        && parts.clone().count() == 2
-        && parts.all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    // By bytes (it runs on every word of every failed attempt's reply): class, `.`, then
+    // two runs of 1–3 digits joined by one `.`.
+    let [b'2' | b'4' | b'5', b'.', rest @ ..] = s.as_bytes() else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (subject, detail) = (&rest[..dot], &rest[dot + 1..]);
+    let digits = |p: &[u8]| (1..=3).contains(&p.len()) && p.iter().all(u8::is_ascii_digit);
+    digits(subject) && digits(detail)
+}
+
+/// The words of `s` between ASCII whitespace, as `split_ascii_whitespace` gives them, by a
+/// plain byte scan (the standard one goes through a generic pattern searcher).
+fn words(s: &str) -> impl Iterator<Item = &str> {
+    let b = s.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < b.len() && b[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let start = at;
+        while at < b.len() && !b[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        // Both ends are at ASCII bytes or the ends of `s`: character boundaries.
+        (at > start).then(|| &s[start..at])
+    })
 }
 
 /// Provider tokens: `S77714`, `AS843`, `TSS04`, `RL000010`, `ATTR17`.
@@ -341,6 +365,47 @@ mod tests {
             template("250 2.0.0 OK 1732356001 x1-20020a05.2 - gsmtp"),
             "250 2.0.0 OK <id> <host> - gsmtp"
         );
+    }
+
+    #[test]
+    fn templates_are_made_as_the_std_splitting_made_them_on_the_reply_corpus() {
+        fn is_enhanced_reference(s: &str) -> bool {
+            let mut parts = s.split('.');
+            let class = parts.next().unwrap_or("");
+            matches!(class, "2" | "4" | "5")
+                && parts.clone().count() == 2
+                && parts
+                    .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+        }
+        #[derive(serde::Deserialize)]
+        struct Corpus {
+            case: Vec<Case>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Case {
+            reply: String,
+        }
+        let corpus: Corpus =
+            toml::from_str(include_str!("../../reply/corpus/replies.toml")).unwrap();
+        let mut replies: Vec<String> = corpus.case.into_iter().map(|c| c.reply).collect();
+        replies
+            .extend(["", "  ", "\t451\t4.7.500\x0cx\r\n", " a  b ", "é 4.7.1 ü"].map(String::from));
+        assert!(replies.len() > 250);
+        for reply in &replies {
+            let words: Vec<&str> = words(reply).collect();
+            let reference: Vec<&str> = reply.split_ascii_whitespace().collect();
+            assert_eq!(words, reference, "{reply:?}");
+            for w in words {
+                let w = trim_punctuation(w);
+                assert_eq!(is_enhanced(w), is_enhanced_reference(w), "{w:?}");
+            }
+        }
+        for w in [
+            "4.7.500", "5.1.1", "2.0.0", "3.1.1", "4.7", "4.7.5000", "4..5", "4.7.5.1", "4.a.1",
+            "45.1.1", "",
+        ] {
+            assert_eq!(is_enhanced(w), is_enhanced_reference(w), "{w:?}");
+        }
     }
 
     #[test]
