@@ -5,6 +5,7 @@
 
 use crate::knowledge::{self, Providers};
 use crate::recent::RecentSet;
+use crate::template::Templater;
 use mxpace_events::{Event, EventType, Outcome};
 use mxpace_reply::Verdict;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -213,7 +214,8 @@ pub struct Derived<'a> {
 }
 
 impl<'a> Derived<'a> {
-    /// The keys of an attempt to `recipient` via `mx_host` (lower-cased) that got `reply`.
+    /// The keys of an attempt to `recipient` via `mx_host` (lower-cased) that got `reply`;
+    /// its reply template by `templater`.
     pub fn of(
         providers: &'a Providers,
         recipient: &'a str,
@@ -221,6 +223,7 @@ impl<'a> Derived<'a> {
         provider_hint: Option<&str>,
         reply: &'a str,
         outcome: Option<Outcome>,
+        templater: &mut Templater,
     ) -> Self {
         let rcpt_domain = domain_lower(recipient);
         let mut provider = Cow::Borrowed(providers.recognise(mx_host, &rcpt_domain));
@@ -231,7 +234,7 @@ impl<'a> Derived<'a> {
         }
         let region = knowledge::microsoft_host(reply).map(|(_, r)| lower(r));
         let template = (outcome.is_some_and(|o| o != Outcome::Delivered) && !reply.is_empty())
-            .then(|| knowledge::template(reply));
+            .then(|| templater.template(reply));
         Derived {
             rcpt_domain,
             provider,
@@ -384,6 +387,7 @@ pub struct Analyzer {
     /// The provider table, shared so that a provider name can be borrowed while the
     /// counts are updated.
     providers: std::sync::Arc<Providers>,
+    templater: Templater,
 }
 
 impl Analyzer {
@@ -391,6 +395,7 @@ impl Analyzer {
     pub fn new(config: Config) -> Self {
         Analyzer {
             providers: std::sync::Arc::new(config.providers.clone()),
+            templater: Templater::new(),
             config,
             tally: Tally::default(),
             anti: Default::default(),
@@ -494,6 +499,7 @@ impl Analyzer {
             a.provider,
             a.reply,
             a.outcome,
+            &mut self.templater,
         );
         self.observe_derived(a, derived);
     }

@@ -15,6 +15,7 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod svg;
+pub mod template;
 pub mod triage;
 
 pub use aggregate::{Analyzer, Config, Counts, Dimension, Tally};

@@ -5,6 +5,7 @@
 
 use crate::aggregate::{Analyzer, AttemptView, Config, Derived, Tally};
 use crate::knowledge::Providers;
+use crate::template::Templater;
 use anyhow::{Context, Result, bail};
 use mxpace_events::Event;
 use mxpace_events::readers::postfix::{self, Correlator, Parsed, Record};
@@ -356,7 +357,7 @@ impl<'a> Attempt<'a> {
     }
 
     /// The keys of the attempt that depend only on its line.
-    fn derive<'p>(&self, providers: &'p Providers) -> Derived<'p>
+    fn derive<'p>(&self, providers: &'p Providers, templater: &mut Templater) -> Derived<'p>
     where
         'a: 'p,
     {
@@ -368,6 +369,7 @@ impl<'a> Attempt<'a> {
             None,
             d.reply,
             Some(d.outcome),
+            templater,
         )
     }
 
@@ -415,6 +417,7 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
     let mut tally = Tally::default();
     let mut years = cx.years.clone();
     let mut queue_times = Vec::with_capacity(piece.len() / 250 + 1);
+    let mut templater = Templater::new();
     // Most pieces are plain text: checked once here, not line by line by the parser.
     let text = readers::clean_text(piece);
     for line in lines(piece) {
@@ -441,7 +444,7 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
                     delivery,
                     provider: Cow::Borrowed(""),
                 };
-                let derived = attempt.derive(providers);
+                let derived = attempt.derive(providers, &mut templater);
                 if let Some(time) = attempt.time {
                     attempt.tally(&derived, &mut tally, cx.config, time);
                 }
@@ -753,9 +756,11 @@ fn fold(
     }
     let mut tally = Tally::default();
     let providers = analyzer.providers();
+    let mut templater = Templater::new();
     for (a, time) in piece.attempts.iter().zip(times) {
         if let Some(time) = time {
-            a.tally(&a.derive(&providers), &mut tally, analyzer.config(), time);
+            let derived = a.derive(&providers, &mut templater);
+            a.tally(&derived, &mut tally, analyzer.config(), time);
         }
     }
     analyzer.merge_tally(tally);
