@@ -1111,6 +1111,9 @@ fn push_truncated(out: &mut String, s: &str, max: usize) {
     } else {
         s.char_indices().nth(max).map(|(i, _)| i)
     };
+    // Room for the text and the ellipsis at once: growing the buffer for the ellipsis
+    // was a second allocation per new deferred recipient.
+    out.reserve(cut.map_or(s.len(), |i| i + '…'.len_utf8()));
     match cut {
         Some(i) => {
             out.push_str(&s[..i]);
