@@ -628,8 +628,8 @@ impl Open {
         let id = self.fitting(id, self.sender_at);
         if self.text.is_empty() {
             // The usual order (cleanup's message-id, then qmgr's sender): one allocation
-            // with room for both, instead of a reallocation when the sender comes.
-            self.text.reserve(id.len() + SENDER_ROOM);
+            // with room for both and a deferred recipient, instead of reallocations later.
+            self.text.reserve(id.len() + TEXT_ROOM);
             self.text.push_str(id);
         } else {
             self.text.replace_range(..self.sender_at as usize, id);
@@ -684,15 +684,16 @@ impl Open {
     }
 }
 
+/// Bytes reserved after a queue ID's message-id when it is stored first: room for the
+/// envelope sender and one deferred recipient (most are shorter), so that neither the
+/// sender nor a first deferral reallocates the buffer.
+const TEXT_ROOM: usize = 96;
+
 /// A queue ID as a map key without an allocation: Postfix queue IDs are 5 to 20
 /// characters of `[0-9A-Za-z]`, 6 bits each (1–62, 0 for "no character"), so up to 120
 /// bits hold any of them exactly (distinct IDs, distinct keys). Anything else (only
 /// reachable by calling the public API with a string [`parse_line`] would not accept)
 /// gets bit 127 and a 64-bit hash of its text.
-/// Bytes reserved for the sender when a queue ID's message-id is stored first (most
-/// envelope senders are shorter).
-const SENDER_ROOM: usize = 48;
-
 fn qid_key(qid: &str) -> u128 {
     let b = qid.as_bytes();
     if b.len() <= 20 {
