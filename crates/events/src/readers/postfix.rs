@@ -641,6 +641,11 @@ impl Open {
 
     fn set_sender(&mut self, sender: &str) {
         let sender = self.fitting(sender, self.deferred_at - self.sender_at);
+        if self.text.is_empty() {
+            // A queue ID first seen at its sender (qmgr logs it again on every retry,
+            // so a log that starts mid-stream has many): room for a deferred recipient.
+            self.text.reserve(sender.len() + TEXT_ROOM);
+        }
         self.text
             .replace_range(self.sender_at as usize..self.deferred_at as usize, sender);
         self.deferred_at = self.sender_at + sender.len() as u32;
