@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use mxpace_events::Event;
 use mxpace_events::readers::postfix::{self, Correlator, Parsed, Record};
 use mxpace_events::readers::{
-    self, Format, LineStatus, ReadStats, ReaderConfig, SkipReason, Stamp, YearTracker,
+    self, Format, LineStatus, MAX_LINE, ReadStats, ReaderConfig, SkipReason, Stamp, YearTracker,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -207,7 +207,8 @@ fn read_sequential(
     let mut idle_since = Instant::now();
     loop {
         line.clear();
-        let n = input.read_until(b'\n', &mut line).context("read error")?;
+        let (mut n, mut cut) =
+            readers::read_line_capped(input.as_mut(), &mut line, MAX_LINE).context("read error")?;
         if n == 0 {
             if !options.follow {
                 break;
@@ -224,9 +225,13 @@ fn read_sequential(
         }
         if !line.ends_with(b"\n") && options.follow {
             // A line still being written: wait for its end.
-            let mut rest = Vec::new();
-            while !rest.ends_with(b"\n") {
-                if input.read_until(b'\n', &mut rest).context("read error")? == 0 {
+            while !line.ends_with(b"\n") {
+                let (more, more_cut) =
+                    readers::read_line_capped(input.as_mut(), &mut line, MAX_LINE)
+                        .context("read error")?;
+                n += more;
+                cut |= more_cut;
+                if more == 0 {
                     if options
                         .follow_idle
                         .is_some_and(|max| idle_since.elapsed() >= max)
@@ -236,7 +241,14 @@ fn read_sequential(
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            line.extend_from_slice(&rest);
+        }
+        if cut {
+            let len = n - usize::from(line.ends_with(b"\n"));
+            stats.count(LineStatus::Skipped(SkipReason::TooLong), len, 0);
+            if let Some(bar) = bar {
+                bar.inc(n as u64);
+            }
+            continue;
         }
         idle_since = Instant::now();
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -422,6 +434,10 @@ fn parse_piece<'a>(piece: &'a [u8], providers: &'a Providers, cx: &ParseContext<
     let text = readers::clean_text(piece);
     for line in lines(piece) {
         let len = line.len() as u32;
+        if line.len() > MAX_LINE {
+            items.push(Item::Skipped(SkipReason::TooLong, len));
+            continue;
+        }
         let parsed = match text {
             Some(text) => {
                 let at = line.as_ptr() as usize - piece.as_ptr() as usize;
@@ -508,18 +524,47 @@ fn next_chunk(
     carry: &mut Vec<u8>,
     size: usize,
     mut buf: Vec<u8>,
-) -> Result<Vec<u8>> {
+) -> Result<Chunk> {
     buf.clear();
     buf.append(carry);
     buf.reserve(size + 4096);
     let mut limited = input.take((size.saturating_sub(buf.len())) as u64);
     limited.read_to_end(&mut buf).context("read error")?;
     let at_end = input.fill_buf().context("read error")?.is_empty();
-    if !at_end && let Some(last) = memchr::memrchr(b'\n', &buf) {
+    if at_end {
+        return Ok(Chunk::Lines(buf));
+    }
+    if let Some(last) = memchr::memrchr(b'\n', &buf) {
         carry.extend_from_slice(&buf[last + 1..]);
         buf.truncate(last + 1);
+        return Ok(Chunk::Lines(buf));
     }
-    Ok(buf)
+    // The chunk is the start of a single line: read on to its end, keeping up to
+    // MAX_LINE bytes of it.
+    let before = buf.len();
+    let (more, cut) = if before > MAX_LINE {
+        let mut end = Vec::new();
+        let (more, _) = readers::read_line_capped(input, &mut end, 0).context("read error")?;
+        buf.clear();
+        buf.extend_from_slice(&end);
+        (more, true)
+    } else {
+        readers::read_line_capped(input, &mut buf, MAX_LINE).context("read error")?
+    };
+    if cut {
+        // The length without the line's `\n`, as other lines are counted.
+        let len = before + more - usize::from(buf.ends_with(b"\n"));
+        buf.clear();
+        return Ok(Chunk::TooLong(len, buf));
+    }
+    Ok(Chunk::Lines(buf))
+}
+
+/// What the reader thread reads next: a chunk of whole lines, or a line longer than
+/// [`MAX_LINE`], read and dropped (its length, and the buffer back).
+enum Chunk {
+    Lines(Vec<u8>),
+    TooLong(usize, Vec<u8>),
 }
 
 /// What a parsed piece borrows from: its chunk (shared by the chunk's pieces) and the
@@ -528,6 +573,9 @@ struct PieceSource {
     chunk: Arc<Vec<u8>>,
     range: Range<usize>,
     providers: Arc<Providers>,
+    /// The length of a line longer than [`MAX_LINE`] that stands in this piece's place
+    /// (the piece is then empty); 0 otherwise.
+    too_long: usize,
 }
 
 impl PieceSource {
@@ -617,17 +665,24 @@ fn read_postfix_parallel(
                 let mut seq = 0;
                 loop {
                     let buf = recycle_rx.try_recv().unwrap_or_default();
-                    let chunk = next_chunk(input.as_mut(), &mut carry, chunk_bytes, buf)?;
-                    if chunk.is_empty() {
-                        return Ok(());
-                    }
-                    let ranges = piece_ranges(&chunk, PIECES_PER_CHUNK);
+                    let (chunk, ranges, too_long) =
+                        match next_chunk(input.as_mut(), &mut carry, chunk_bytes, buf)? {
+                            Chunk::Lines(chunk) if chunk.is_empty() => return Ok(()),
+                            Chunk::Lines(chunk) => {
+                                let ranges = piece_ranges(&chunk, PIECES_PER_CHUNK);
+                                (chunk, ranges, 0)
+                            }
+                            Chunk::TooLong(len, empty) => {
+                                (empty, std::iter::once(0..0).collect(), len)
+                            }
+                        };
                     let chunk = Arc::new(chunk);
                     for range in ranges {
                         let source = PieceSource {
                             chunk: Arc::clone(&chunk),
                             range,
                             providers: Arc::clone(providers),
+                            too_long,
                         };
                         if work_tx.send((seq, source)).is_err() {
                             return Ok(()); // the workers stopped: the fold is gone
@@ -643,7 +698,11 @@ fn read_postfix_parallel(
         for (seq, parsed) in done_rx {
             waiting.insert(seq, parsed);
             while let Some(mut parsed) = waiting.remove(&want) {
-                let len = parsed.borrow_owner().range.len();
+                let too_long = parsed.borrow_owner().too_long;
+                if too_long > 0 {
+                    stats.count(LineStatus::Skipped(SkipReason::TooLong), too_long, 0);
+                }
+                let len = parsed.borrow_owner().range.len() + too_long;
                 parsed.with_dependent_mut(|_, piece| {
                     fold(piece, correlator, analyzer, &mut stats, &mut events);
                 });

@@ -62,7 +62,7 @@ fn extend(
         mark(Mark {
             end,
             out_len: out.len(),
-            last: *last,
+            last,
         });
     }
 }

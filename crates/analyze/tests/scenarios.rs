@@ -5,6 +5,7 @@ use mxpace_analyze::generate::{DeferRule, Scenario, Truth, write_postfix};
 use mxpace_analyze::report::Report;
 use mxpace_analyze::run::{self, Options};
 use mxpace_analyze::{Analyzer, Config, Verdict};
+use mxpace_events::readers::MAX_LINE;
 use std::io::Write;
 use std::net::IpAddr;
 use time::macros::datetime;
@@ -358,6 +359,71 @@ fn pieces_with_binary_lines_or_crlf_ends_read_as_in_a_sequential_read() {
         assert!(
             parallel == sequential,
             "chunks of {chunk} bytes: the parallel report differs from the sequential one"
+        );
+    }
+}
+
+/// Lines longer than `MAX_LINE` (binary data, a runaway writer) are counted once each
+/// as `too-long` and not held in memory, in both modes and whatever the chunk size; the
+/// lines around them are read as without them.
+#[test]
+fn overlong_lines_are_skipped_once_each_in_every_mode() {
+    let mut s = base();
+    s.minutes = 10;
+    let (dir, _) = write_log(&s);
+    let path = dir.path().join("mail.log");
+    let text = std::fs::read(&path).unwrap();
+    let clean = report_json(&path, false, 64 * 1024);
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let huge = vec![b'x'; MAX_LINE * 2 + 123];
+    let mut with_long = Vec::with_capacity(text.len() + 4 * huge.len());
+    for (i, line) in lines.iter().enumerate() {
+        with_long.extend_from_slice(line);
+        with_long.push(b'\n');
+        // One just over the limit, one of several chunks, and the last line, unended.
+        if i == 10 {
+            with_long.extend_from_slice(&huge[..MAX_LINE + 1]);
+            with_long.push(b'\n');
+        }
+        if i == lines.len() / 2 {
+            with_long.extend_from_slice(&huge);
+            with_long.push(b'\n');
+        }
+    }
+    // A line of exactly the limit is read (and skipped as unrecognised, not too long).
+    with_long.extend_from_slice(&huge[..MAX_LINE]);
+    with_long.push(b'\n');
+    with_long.extend_from_slice(&huge);
+    std::fs::write(&path, &with_long).unwrap();
+    let sequential = report_json(&path, false, 64 * 1024);
+    let input = &sequential["input"];
+    assert_eq!(input["skipped"]["too-long"], 3, "{input}");
+    assert_eq!(input["skipped"]["unrecognised"], 1, "{input}");
+    // Each line counts its end too.
+    let long_bytes = (MAX_LINE + 1) + huge.len() + MAX_LINE + huge.len() + 4;
+    assert_eq!(
+        input["bytes"],
+        clean["input"]["bytes"].as_u64().unwrap() + long_bytes as u64,
+        "{input}"
+    );
+    assert_eq!(
+        input["lines"],
+        clean["input"]["lines"].as_u64().unwrap() + 4,
+        "{input}"
+    );
+    for key in ["segments", "incidents", "anti_patterns", "queue_health"] {
+        assert_eq!(sequential[key], clean[key], "{key}");
+    }
+    for chunk in [4096, 64 * 1024, 8 << 20] {
+        let parallel = report_json(&path, true, chunk);
+        assert!(
+            parallel == sequential,
+            "chunks of {chunk} bytes: {} vs {}",
+            parallel["input"],
+            sequential["input"]
         );
     }
 }

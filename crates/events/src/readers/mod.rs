@@ -14,7 +14,7 @@ pub mod postfix;
 mod powermta;
 mod stamp;
 
-pub use input::{Decompression, open_path, open_reader};
+pub use input::{Decompression, MAX_LINE, open_path, open_reader, read_line_capped};
 pub use stamp::{Stamp, YearTracker};
 
 use crate::Event;
@@ -128,6 +128,8 @@ pub enum SkipReason {
     BadTimestamp,
     /// Nothing this format recognises (another daemon, another format).
     Unrecognised,
+    /// Longer than [`MAX_LINE`]: not kept in memory, not parsed.
+    TooLong,
 }
 
 impl SkipReason {
@@ -138,6 +140,7 @@ impl SkipReason {
             SkipReason::Malformed => "malformed",
             SkipReason::BadTimestamp => "bad-timestamp",
             SkipReason::Unrecognised => "unrecognised",
+            SkipReason::TooLong => "too-long",
         }
     }
 }
