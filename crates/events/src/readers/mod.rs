@@ -246,6 +246,27 @@ pub(crate) fn text(line: &[u8]) -> Result<&str, SkipReason> {
 
 /// Whether `bytes` holds a control character other than `allowed` (and the tab).
 fn has_control(bytes: &[u8], allowed: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= 256 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: `has_control_avx2` needs AVX2, which the CPU has (checked just above).
+        // It does no unchecked memory access.
+        return unsafe { has_control_avx2(bytes, allowed) };
+    }
+    has_control_portable(bytes, allowed)
+}
+
+/// [`has_control_portable`] compiled for AVX2: the same loop, vectorised 32 bytes wide
+/// (a whole 256 KB piece is checked at once, so the width counts).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn has_control_avx2(bytes: &[u8], allowed: u8) -> bool {
+    has_control_portable(bytes, allowed)
+}
+
+/// The check itself, inlined into each caller so that it is compiled for the caller's
+/// vector width.
+#[inline(always)]
+fn has_control_portable(bytes: &[u8], allowed: u8) -> bool {
     // Branch-free per block so that the compiler vectorises the scan (it runs on every
     // line, or on every block of lines).
     let control = |block: &[u8]| {
@@ -253,14 +274,16 @@ fn has_control(bytes: &[u8], allowed: u8) -> bool {
             found | ((b < 0x20) & (b != b'\t') & (b != allowed))
         })
     };
-    bytes.chunks(64).any(control)
+    bytes.chunks(128).any(control)
 }
 
 /// A block of lines as text when every line in it would pass as text on its own:
 /// valid UTF-8 with no control characters but tabs and the `\n`s between lines (so no
-/// `\r` either). Checking a block once costs far less than checking each line.
+/// `\r` either). Checking a block once costs far less than checking each line; the
+/// UTF-8 check is `simdutf8`'s (AVX2 when the CPU has it, several times the standard
+/// library's speed on these mostly-ASCII blocks).
 pub fn clean_text(block: &[u8]) -> Option<&str> {
-    let s = std::str::from_utf8(block).ok()?;
+    let s = simdutf8::basic::from_utf8(block).ok()?;
     (!has_control(block, b'\n')).then_some(s)
 }
 

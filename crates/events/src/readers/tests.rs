@@ -313,3 +313,26 @@ fn a_block_is_clean_text_only_if_each_of_its_lines_would_be() {
         assert_eq!(clean_text(dirty), None, "{dirty:?}");
     }
 }
+
+/// The vectorised check finds a control byte wherever it is in a block (every position
+/// of blocks long enough for the AVX2 path, with tails of every length), and passes tabs
+/// and line ends.
+#[test]
+fn control_bytes_are_found_at_every_position_of_long_blocks() {
+    use super::clean_text;
+    for len in [255, 256, 257, 300, 511, 1000] {
+        let pattern = b"ab c\t\n:";
+        let mut block: Vec<u8> = (0..len).map(|i| pattern[i % pattern.len()]).collect();
+        assert!(clean_text(&block).is_some(), "{len}");
+        for at in 0..len {
+            for bad in [0x00, 0x0d, 0x1f, 0x0b] {
+                let kept = std::mem::replace(&mut block[at], bad);
+                assert_eq!(clean_text(&block), None, "{len} {at} {bad}");
+                block[at] = 0xff;
+                assert_eq!(clean_text(&block), None, "{len} {at} 0xff");
+                block[at] = kept;
+            }
+        }
+        assert!(clean_text(&block).is_some(), "{len}");
+    }
+}
