@@ -562,6 +562,18 @@ mod key_tests {
         open.settle("c@example.net");
         assert_eq!(listed(&open), Vec::<String>::new());
         assert_eq!(open.text, "much-longer-id-2@example.com");
+        // The sender again (a retry), then another with and without recipients after it.
+        let mut fresh = super::Open::default();
+        fresh.set_message_id("id@x");
+        fresh.set_sender("s@x");
+        fresh.set_sender("s@x");
+        fresh.set_sender("other@x");
+        assert_eq!(fresh.text, "id@xother@x");
+        fresh.defer("r@x");
+        fresh.set_sender("s@x");
+        assert_eq!((fresh.message_id(), fresh.sender()), ("id@x", "s@x"));
+        assert_eq!(listed(&fresh), ["r@x"]);
+        assert_eq!(fresh.text, "id@xs@xr@x\n");
     }
 
     #[test]
@@ -640,14 +652,24 @@ impl Open {
     }
 
     fn set_sender(&mut self, sender: &str) {
+        // qmgr logs the sender again each time the message comes back for a retry.
+        if self.sender() == sender {
+            return;
+        }
         let sender = self.fitting(sender, self.deferred_at - self.sender_at);
         if self.text.is_empty() {
-            // A queue ID first seen at its sender (qmgr logs it again on every retry,
-            // so a log that starts mid-stream has many): room for a deferred recipient.
+            // A queue ID first seen at its sender (a retry, in a log that starts
+            // mid-stream): room for a deferred recipient.
             self.text.reserve(sender.len() + TEXT_ROOM);
         }
-        self.text
-            .replace_range(self.sender_at as usize..self.deferred_at as usize, sender);
+        let range = self.sender_at as usize..self.deferred_at as usize;
+        if range.end == self.text.len() {
+            // No deferred recipient yet (the usual case): cheaper than a splice.
+            self.text.truncate(range.start);
+            self.text.push_str(sender);
+        } else {
+            self.text.replace_range(range, sender);
+        }
         self.deferred_at = self.sender_at + sender.len() as u32;
     }
 
@@ -683,8 +705,11 @@ impl Open {
             }
             at += r.len() + 1;
         }
-        if let Some(range) = found {
-            self.text.replace_range(range, "");
+        match found {
+            // The last one listed (a message's only recipient, usually).
+            Some(range) if range.end == self.text.len() => self.text.truncate(range.start),
+            Some(range) => self.text.replace_range(range, ""),
+            None => {}
         }
     }
 }
