@@ -467,10 +467,24 @@ fn source_ip(h: &Header<'_>, config: &ReaderConfig) -> Option<IpAddr> {
     if config.source_map.is_empty() {
         return None;
     }
-    let full = format!("{}/{}", h.syslog_name, h.daemon);
+    // `syslog_name/daemon` put together on the stack (this runs on every line of a log
+    // read with a mapping); a longer name is put together on the heap.
+    let mut buf = [0u8; 128];
+    let (name, daemon) = (h.syslog_name.as_bytes(), h.daemon.as_bytes());
+    let joined = name.len() + 1 + daemon.len();
+    let heap;
+    let full = if joined <= buf.len() {
+        buf[..name.len()].copy_from_slice(name);
+        buf[name.len()] = b'/';
+        buf[name.len() + 1..joined].copy_from_slice(daemon);
+        std::str::from_utf8(&buf[..joined]).unwrap_or_default()
+    } else {
+        heap = format!("{}/{}", h.syslog_name, h.daemon);
+        heap.as_str()
+    };
     config
         .source_map
-        .get(&full)
+        .get(full)
         .or_else(|| config.source_map.get(h.syslog_name))
         .or_else(|| config.source_map.get(h.daemon))
         .copied()

@@ -103,6 +103,41 @@ fn postfix_rfc3339_stamps_and_user_source_map() {
     assert_eq!(events[0].source_ip, Some("192.0.2.2".parse().unwrap()));
 }
 
+/// A mapping may name `syslog_name/daemon`, the syslog name, or the daemon; the full
+/// form wins, also for names too long for the stack buffer it is put together in.
+#[test]
+fn postfix_source_map_by_service_and_transport() {
+    let long = format!("postfix-{}", "x".repeat(130));
+    let line = |name: &str, daemon: &str, qid: &str| {
+        format!(
+            "2026-11-23T10:00:01Z mx1 {name}/{daemon}[903]: {qid}: to=<a@example.org>, relay=mx.example.org[203.0.113.5]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)\n"
+        )
+    };
+    let log = [
+        line("postfix-out3", "smtp", "AAAAA11111"),
+        line("postfix-out3", "relay", "BBBBB22222"),
+        line(&long, "smtp", "CCCCC33333"),
+        line("postfix-in", "lmtp", "DDDDD44444"),
+    ]
+    .concat();
+    let mut config = ReaderConfig::default();
+    for (key, ip) in [
+        ("postfix-out3/smtp".to_string(), "192.0.2.3"),
+        ("postfix-out3".to_string(), "192.0.2.33"),
+        (format!("{long}/smtp"), "192.0.2.4"),
+        (long.clone(), "192.0.2.44"),
+        ("lmtp".to_string(), "192.0.2.5"),
+    ] {
+        config.source_map.insert(key, ip.parse().unwrap());
+    }
+    let (events, _) = read(Format::Postfix, &config, &log);
+    let ips: Vec<String> = events
+        .iter()
+        .map(|e| e.source_ip.map(|ip| ip.to_string()).unwrap_or_default())
+        .collect();
+    assert_eq!(ips, ["192.0.2.3", "192.0.2.33", "192.0.2.4", "192.0.2.5"]);
+}
+
 #[test]
 fn postfix_expiry_and_operator_deletion_name_the_deferred_recipients() {
     let log = "\
