@@ -242,6 +242,7 @@ fn read_sequential(
                 }
             }
         }
+        idle_since = Instant::now();
         if cut {
             let len = n - usize::from(line.ends_with(b"\n"));
             stats.count(LineStatus::Skipped(SkipReason::TooLong), len, 0);
@@ -250,7 +251,6 @@ fn read_sequential(
             }
             continue;
         }
-        idle_since = Instant::now();
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
         if body.is_empty() {
             continue;
@@ -542,16 +542,13 @@ fn next_chunk(
     // The chunk is the start of a single line: read on to its end, keeping up to
     // MAX_LINE bytes of it.
     let before = buf.len();
-    let (more, cut) = if before > MAX_LINE {
-        let mut end = Vec::new();
-        let (more, _) = readers::read_line_capped(input, &mut end, 0).context("read error")?;
-        buf.clear();
-        buf.extend_from_slice(&end);
-        (more, true)
-    } else {
-        readers::read_line_capped(input, &mut buf, MAX_LINE).context("read error")?
-    };
-    if cut {
+    let over = before > MAX_LINE;
+    if over {
+        buf.clear(); // only the line's end is looked at from here on
+    }
+    let keep = if over { 0 } else { MAX_LINE };
+    let (more, cut) = readers::read_line_capped(input, &mut buf, keep).context("read error")?;
+    if over || cut {
         // The length without the line's `\n`, as other lines are counted.
         let len = before + more - usize::from(buf.ends_with(b"\n"));
         buf.clear();

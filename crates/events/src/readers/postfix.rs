@@ -759,9 +759,9 @@ impl Open {
     }
 }
 
-/// Bytes reserved after a queue ID's message-id when it is stored first: room for the
-/// envelope sender and one deferred recipient (most are shorter), so that neither the
-/// sender nor a first deferral reallocates the buffer.
+/// Bytes reserved after the first text stored for a queue ID (its message-id, or its
+/// sender when that comes first): room for the rest of the sender and message-id pair and
+/// one deferred recipient (most are shorter), so that no later text reallocates.
 const TEXT_ROOM: usize = 96;
 
 /// A queue ID as a map key without an allocation: Postfix queue IDs are 5 to 20
